@@ -1,0 +1,109 @@
+"""``SelfSkipSpeculativeConfig``: vLLM's speculative config, extended with the ``self_skip`` method."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import vllm.envs as envs
+from vllm.config.speculative import SpeculativeConfig, SpeculativeMethod
+from vllm.config.utils import config
+from vllm.logger import init_logger
+
+from vllm_selfspec.core.resolve import resolve_self_skip
+from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet
+from vllm_selfspec.glue.identity import SUPPORTED_ARCHITECTURES, model_identity
+
+logger = init_logger(__name__)
+
+SELF_SKIP_METHOD = "self_skip"
+SELF_SKIP_ALIASES = ("self_skip", "self-skip")
+"""Spellings accepted wherever a speculative method or ``--speculative-model`` is given."""
+
+
+@config
+class SelfSkipSpeculativeConfig(SpeculativeConfig):
+    """Speculative config for ``method="self_skip"``: the target drafts for itself, skipping sublayers.
+
+    Built only for ``self_skip``; every other method keeps vLLM's own ``SpeculativeConfig``.
+    After construction ``skip_attn``, ``skip_mlp`` and ``num_speculative_tokens`` hold the
+    resolved values (explicit lists, a profile, the shipped profile, or the heuristic).
+    """
+
+    method: Literal[SpeculativeMethod, "self_skip"] | None = None  # type: ignore[assignment]
+    skip_attn: list[int] | None = None
+    """Decoder-layer indices whose attention sublayer the draft bypasses."""
+    skip_mlp: list[int] | None = None
+    """Decoder-layer indices whose MLP sublayer the draft bypasses."""
+    skip_profile: str | None = None
+    """Path of a skip-profile JSON file made by ``vllm-selfspec tune``."""
+    skip_source: str = ""
+    """Where the skip set came from; filled in at construction, for logs."""
+
+    def __post_init__(self) -> None:
+        if self.method != SELF_SKIP_METHOD:
+            raise ValueError(f"{type(self).__name__} is only for method {SELF_SKIP_METHOD!r}")
+        target = self.target_model_config
+        if target is None:
+            raise ValueError("self_skip needs target_model_config")
+        if self.model not in (None, target.model):
+            raise SelfSkipConfigError(
+                f"speculative_config.model: self_skip drafts with the target model itself; "
+                f"remove model={self.model!r}"
+            )
+        if envs.VLLM_USE_V2_MODEL_RUNNER:
+            raise SelfSkipConfigError(
+                "VLLM_USE_V2_MODEL_RUNNER=1: Model Runner V2 cannot host the self_skip "
+                "proposer; unset it and vLLM uses the V1 model runner"
+            )
+        for name in ("parallel_drafting", "use_heterogeneous_vocab"):
+            if getattr(self, name):
+                raise SelfSkipConfigError(f"speculative_config.{name}: not supported by self_skip")
+        identity = model_identity(target)
+        if identity.architecture not in SUPPORTED_ARCHITECTURES:
+            raise SelfSkipConfigError(
+                f"self_skip cannot drive architecture {identity.architecture!r}; supported: "
+                f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        resolved = resolve_self_skip(
+            identity,
+            max_model_len=target.max_model_len,
+            skip_attn=self.skip_attn,
+            skip_mlp=self.skip_mlp,
+            skip_profile=self.skip_profile,
+            num_speculative_tokens=self.num_speculative_tokens,
+        )
+        self.skip_attn = list(resolved.skip_set.attn)
+        self.skip_mlp = list(resolved.skip_set.mlp)
+        self.num_speculative_tokens = resolved.num_speculative_tokens
+        self.skip_source = resolved.source
+        self.model = target.model
+        self.draft_model_config = target
+        self.draft_parallel_config = self.target_parallel_config
+        self.draft_tensor_parallel_size = self.target_parallel_config.tensor_parallel_size
+        logger.info(
+            "self_skip: K=%d, %s (from %s)",
+            self.num_speculative_tokens,
+            resolved.skip_set.describe(),
+            resolved.source,
+        )
+
+    def skip_set(self) -> SkipSet:
+        """The resolved skip set."""
+        return SkipSet.build(
+            self.target_model_config.hf_text_config.num_hidden_layers,
+            self.skip_attn or [],
+            self.skip_mlp or [],
+        )
+
+    def uses_draft_model(self) -> bool:
+        """True: the draft is a model (the target, skipping sublayers).
+
+        This routes vLLM's V1 runner through its draft-model path: lookahead KV
+        slots for the drafts, the padded drafter batch, and ``DraftModelProposer``.
+        """
+        return True
+
+    @property
+    def max_num_new_slots_for_drafting(self) -> int:
+        """0: each draft step feeds one token per request, so no extra query slots."""
+        return 0

@@ -1,0 +1,195 @@
+"""Every change vllm-selfspec makes to vLLM, each with why, how, and when it can go."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from contextlib import contextmanager
+
+import vllm.engine.arg_utils as arg_utils
+from vllm.config import VllmConfig
+from vllm.engine.arg_utils import EngineArgs
+from vllm.v1.spec_decode.draft_model import DraftModelProposer
+
+from vllm_selfspec.core.resolve import reject_unknown_options
+from vllm_selfspec.core.skip_set import SelfSkipConfigError
+from vllm_selfspec.glue.config import SELF_SKIP_ALIASES, SELF_SKIP_METHOD, SelfSkipSpeculativeConfig
+from vllm_selfspec.glue.patching import VllmPatch
+
+
+def _is_self_skip(value: object) -> bool:
+    return isinstance(value, str) and value in SELF_SKIP_ALIASES
+
+
+def _normalise_self_skip_request(args: EngineArgs) -> bool:
+    """Rewrite every spelling of a self_skip request to ``method='self_skip'``; say if there was one."""
+    spec = args.speculative_config if isinstance(args.speculative_config, dict) else None
+    requested = _is_self_skip(args.spec_method) or _is_self_skip(args.spec_model)
+    if spec is not None:
+        requested |= _is_self_skip(spec.get("method")) or _is_self_skip(spec.get("model"))
+    if not requested:
+        return False
+    if _is_self_skip(args.spec_model):
+        args.spec_model = None
+        if args.spec_method is None:
+            args.spec_method = SELF_SKIP_METHOD
+    if _is_self_skip(args.spec_method):
+        args.spec_method = SELF_SKIP_METHOD
+    if spec is not None:
+        if _is_self_skip(spec.get("model")):
+            del spec["model"]
+            spec.setdefault("method", SELF_SKIP_METHOD)
+        if _is_self_skip(spec.get("method")):
+            spec["method"] = SELF_SKIP_METHOD
+    return True
+
+
+@contextmanager
+def _module_attr(module, name: str, value):
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+class PatchEngineArgs(VllmPatch):
+    """Let ``EngineArgs`` build a self_skip speculative config and parse its flags.
+
+    Why: ``SpeculativeConfig.method`` is a closed ``Literal`` and the config forbids
+    unknown keys, so neither ``method="self_skip"`` nor ``skip_attn`` etc. get through;
+    vLLM 0.32 also dropped ``--speculative-model``/``--num-speculative-tokens``.
+    How: for a self_skip request only, vLLM's own ``create_speculative_config`` runs
+    with ``SelfSkipSpeculativeConfig`` in place of ``SpeculativeConfig``; other methods
+    are untouched. ``add_cli_args`` adds ``self_skip`` to ``--spec-method``'s choices
+    and restores the two older flags as aliases of ``--spec-method``/``--spec-model``
+    and ``--spec-tokens``.
+    Remove when: vLLM accepts out-of-tree speculative methods with their own options.
+    """
+
+    target = EngineArgs
+    replaces = ("create_speculative_config", "add_cli_args")
+
+    def create_speculative_config(self, target_model_config, target_parallel_config):
+        original = PatchEngineArgs.original("create_speculative_config")
+        if not _normalise_self_skip_request(self):
+            return original(self, target_model_config, target_parallel_config)
+        if isinstance(self.speculative_config, dict):
+            reject_unknown_options(
+                {k.replace("-", "_"): v for k, v in self.speculative_config.items()},
+                {f.name for f in dataclasses.fields(SelfSkipSpeculativeConfig)} - {"skip_source"},
+            )
+        with _module_attr(arg_utils, "SpeculativeConfig", SelfSkipSpeculativeConfig):
+            return original(self, target_model_config, target_parallel_config)
+
+    @staticmethod
+    def add_cli_args(parser):
+        parser = PatchEngineArgs.original("add_cli_args")(parser)
+        actions = {opt: action for action in parser._actions for opt in action.option_strings}
+        spec_method = actions.get("--spec-method")
+        if spec_method is not None and spec_method.choices is not None:
+            spec_method.choices = [*spec_method.choices, *SELF_SKIP_ALIASES]
+        if "--speculative-model" not in actions:
+            parser.add_argument(
+                "--speculative-model",
+                action=_SpeculativeModelAction,
+                default=argparse.SUPPRESS,
+                metavar="MODEL",
+                help="'self-skip' for layer-skipping self-speculation (vllm-selfspec); "
+                "any other value is a draft model, as --spec-model.",
+            )
+        if "--num-speculative-tokens" not in actions:
+            parser.add_argument(
+                "--num-speculative-tokens",
+                dest="spec_tokens",
+                type=_positive_int("--num-speculative-tokens"),
+                default=argparse.SUPPRESS,
+                metavar="K",
+                help="Draft tokens per step (alias of --spec-tokens).",
+            )
+        return parser
+
+
+class _SpeculativeModelAction(argparse.Action):
+    """``--speculative-model self-skip`` sets the method; any other value names a draft model."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if not value:
+            raise argparse.ArgumentError(self, "expected 'self-skip' or a draft model name or path")
+        if _is_self_skip(value):
+            namespace.spec_method = SELF_SKIP_METHOD
+        else:
+            namespace.spec_model = value
+
+
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: expected an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag}: must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+class PatchVllmConfigRunnerChoice(VllmPatch):
+    """Make vLLM choose the V1 model runner for self_skip, and log that it did.
+
+    Why: on GPUs vLLM 0.32 defaults to Model Runner V2, whose speculators are a closed
+    set; the self_skip proposer plugs into the V1 runner's drafter interface.
+    How: report self_skip as a feature V2 lacks, so ``VllmConfig.use_v2_model_runner``
+    takes its existing fallback and logs "using the V1 model runner instead".
+    Remove when: Model Runner V2 can host out-of-tree proposers.
+    """
+
+    target = VllmConfig
+    replaces = ("_get_v2_model_runner_unsupported_features",)
+
+    def _get_v2_model_runner_unsupported_features(self) -> list[str]:
+        original = PatchVllmConfigRunnerChoice.original("_get_v2_model_runner_unsupported_features")
+        unsupported = original(self)
+        spec = self.speculative_config
+        if spec is not None and spec.method == SELF_SKIP_METHOD:
+            unsupported.append(f"speculative method '{SELF_SKIP_METHOD}' (vllm-selfspec)")
+        return unsupported
+
+
+class PatchDraftModelProposer(VllmPatch):
+    """Have the V1 runner's draft-model slot build a ``SelfSkipProposer`` for self_skip.
+
+    Why: ``GPUModelRunner.__init__`` (which the CPU runner inherits) creates its
+    drafter from a fixed list of classes. ``SelfSkipSpeculativeConfig.uses_draft_model()``
+    routes self_skip to ``DraftModelProposer``.
+    How: ``DraftModelProposer.__new__`` returns a ``SelfSkipProposer`` (a subclass) when
+    the method is self_skip; Python then runs the subclass's ``__init__``. Other methods
+    get a plain ``DraftModelProposer``.
+    Remove when: vLLM lets plugins register proposer classes.
+    """
+
+    target = DraftModelProposer
+    replaces = ("__new__",)
+
+    def __new__(cls, *args, **kwargs):
+        vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+        spec = getattr(vllm_config, "speculative_config", None)
+        if cls is DraftModelProposer and getattr(spec, "method", None) == SELF_SKIP_METHOD:
+            from vllm_selfspec.glue.proposer import SelfSkipProposer
+
+            cls = SelfSkipProposer
+        return object.__new__(cls)
+
+
+ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchDraftModelProposer)
+
+
+def apply_all() -> None:
+    """Install every patch (idempotent)."""
+    for patch in ALL_PATCHES:
+        patch.apply()
+
+
+__all__ = ["ALL_PATCHES", "SelfSkipConfigError", "apply_all"]

@@ -1,0 +1,142 @@
+"""``SelfSkipProposer``: vLLM's draft-model proposer, drafting with the target's own layers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from vllm.config import CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
+from vllm.forward_context import set_forward_context
+from vllm.logger import init_logger
+from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+from vllm.v1.attention.backend import CommonAttentionMetadata
+from vllm.v1.sample.metadata import SamplingMetadata
+from vllm.v1.spec_decode.draft_model import DraftModelProposer
+
+from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
+
+logger = init_logger(__name__)
+
+
+class SelfSkipProposer(DraftModelProposer):
+    """Drafts K tokens per request by running the target model with sublayers skipped.
+
+    Differences from ``DraftModelProposer``, whose batching, attention-metadata and
+    sampling machinery it reuses:
+
+    - No second model and no KV cache of its own: the draft is a
+      :class:`LayerSkipDraftModel` over the target's modules, and its attention
+      sublayers read and write the target's paged KV blocks.
+    - No draft prefill: the target's KV already covers every verified token, so
+      each draft step is one token per running request. Step 1 feeds the token the
+      target just sampled; step k feeds the draft of step k-1.
+    - Draft KV lands only in lookahead slots after the last verified token, which
+      the next verification pass overwrites with the full model's KV.
+    """
+
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, runner=None):
+        super().__init__(vllm_config=vllm_config, device=device, runner=runner)
+        self.skip_set = self.speculative_config.skip_set()
+        logger.info(
+            "self_skip proposer on %s (vLLM V1 model runner): %s",
+            type(runner).__name__ if runner is not None else "no runner",
+            self.skip_set.describe(),
+        )
+
+    def load_model(self, target_model: nn.Module) -> None:
+        """Wrap the already-loaded target; nothing is loaded or copied."""
+        if self.supports_mm_inputs:
+            raise ValueError("self_skip does not support multimodal models yet")
+        self.model = LayerSkipDraftModel(target_model, self.skip_set)
+        self._draft_attn_layer_names = {
+            name
+            for name, layer in get_layers_from_vllm_config(
+                self.vllm_config, AttentionLayerBase  # type: ignore[type-abstract]
+            ).items()
+            if layer.get_kv_cache_spec(self.vllm_config) is not None
+        }
+
+    def initialize_cudagraph_keys(self, cudagraph_mode: CUDAGraphMode) -> None:
+        """The draft runs eagerly: its graph changes with the skip set."""
+        super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
+
+    def model_returns_tuple(self) -> bool:
+        return False
+
+    @torch.inference_mode()
+    def propose(
+        self,
+        num_speculative_tokens: int,
+        target_token_ids: torch.Tensor,
+        target_positions: torch.Tensor,
+        target_hidden_states: torch.Tensor,
+        next_token_ids: torch.Tensor,
+        token_indices_to_sample: torch.Tensor | None,
+        common_attn_metadata: CommonAttentionMetadata,
+        sampling_metadata: SamplingMetadata,
+        mm_embed_inputs=None,
+        num_rejected_tokens_gpu: torch.Tensor | None = None,
+        slot_mappings=None,
+    ) -> torch.Tensor:
+        """Return ``[batch, num_speculative_tokens]`` draft token ids."""
+        self.num_speculative_tokens = num_speculative_tokens
+        self._last_draft_probs = None
+        batch_size = common_attn_metadata.batch_size()
+        if num_speculative_tokens == 0:
+            return torch.empty(batch_size, 0, dtype=torch.int64, device=self.device)
+
+        if token_indices_to_sample is None:
+            token_indices_to_sample = common_attn_metadata.query_start_loc[1:] - 1
+        # Position of each request's last verified token; the draft starts one after it.
+        positions = target_positions[token_indices_to_sample]
+        seq_lens = common_attn_metadata.seq_lens.clone()
+        if num_rejected_tokens_gpu is not None:
+            seq_lens -= num_rejected_tokens_gpu
+        upper_bound = common_attn_metadata.seq_lens_cpu_upper_bound
+        cad = dataclasses.replace(
+            common_attn_metadata,
+            seq_lens=seq_lens,
+            seq_lens_cpu_upper_bound=None if upper_bound is None else upper_bound.clone(),
+            num_actual_tokens=batch_size,
+            max_query_len=1,
+            query_start_loc=self.arange[: batch_size + 1],
+            query_start_loc_cpu=torch.from_numpy(self.token_arange_np[: batch_size + 1]).clone(),
+            is_prefilling=None,
+            positions=None,
+        )
+        _, input_batch_size, batch_size_across_dp = self._determine_batch_execution_and_padding(
+            batch_size
+        )
+
+        input_ids = next_token_ids
+        draft_ids: list[torch.Tensor] = []
+        draft_probs: list[torch.Tensor] = []
+        for step in range(num_speculative_tokens):
+            positions = self._update_positions_dependent_metadata(
+                positions, cad, batch_size, input_batch_size, self.block_size
+            )
+            _, per_layer_attn_metadata = self.build_per_group_and_layer_attn_metadata(
+                cad, draft_index=step + 1
+            )
+            self.input_ids[:batch_size] = input_ids
+            with set_forward_context(
+                per_layer_attn_metadata,
+                self.vllm_config,
+                num_tokens=input_batch_size,
+                num_tokens_across_dp=batch_size_across_dp,
+                cudagraph_runtime_mode=CUDAGraphMode.NONE,
+                slot_mapping=self._get_slot_mapping(input_batch_size),
+            ):
+                hidden_states = self.model(
+                    input_ids=self.input_ids[:input_batch_size],
+                    positions=self._get_positions(input_batch_size),
+                )
+            tokens, probs = self._sample_draft_tokens(hidden_states[:batch_size], sampling_metadata)
+            draft_ids.append(tokens)
+            if probs is not None:
+                draft_probs.append(probs)
+            input_ids = tokens.int()
+        if draft_probs:
+            self._last_draft_probs = torch.stack(draft_probs, dim=1).contiguous()
+        return torch.stack(draft_ids, dim=1)
