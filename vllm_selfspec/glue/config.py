@@ -58,12 +58,13 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
         for name in ("parallel_drafting", "use_heterogeneous_vocab"):
             if getattr(self, name):
                 raise SelfSkipConfigError(f"speculative_config.{name}: not supported by self_skip")
-        identity = model_identity(target)
-        if identity.architecture not in SUPPORTED_ARCHITECTURES:
+        architectures = list(target.architectures or [])
+        if not set(architectures) & set(SUPPORTED_ARCHITECTURES):
             raise SelfSkipConfigError(
-                f"self_skip cannot drive architecture {identity.architecture!r}; supported: "
-                f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+                f"self_skip cannot drive architecture {'/'.join(architectures) or 'unknown'}; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
+        identity = model_identity(target)
         resolved = resolve_self_skip(
             identity,
             max_model_len=target.max_model_len,

@@ -1,0 +1,127 @@
+"""Bad self_skip input is refused while vLLM builds its config, before any worker starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from vllm.engine.arg_utils import EngineArgs
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+from vllm_selfspec.core.profile import ModelIdentity, SkipProfile, save_profile
+from vllm_selfspec.glue.config import SelfSkipSpeculativeConfig
+
+
+def build_config(model: str, spec: dict | None = None, **kwargs):
+    return EngineArgs(model=model, speculative_config=spec, max_model_len=512, **kwargs).create_engine_config()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_model_factory):
+    return tiny_model_factory("llama")
+
+
+def test_valid_config_resolves_skip_set_and_runner(tiny_llama):
+    config = build_config(tiny_llama, {"method": "self-skip", "skip_attn": [1, 2], "skip_mlp": [3]})
+    spec = config.speculative_config
+    assert isinstance(spec, SelfSkipSpeculativeConfig) and spec.method == "self_skip"
+    assert (spec.skip_attn, spec.skip_mlp, spec.skip_source) == ([1, 2], [3], "explicit")
+    assert spec.num_speculative_tokens == 4  # documented default without a profile
+    assert config.use_v2_model_runner is False
+    assert config.num_lookahead_tokens == 4  # KV slots for the drafts are reserved
+    heuristic = build_config(tiny_llama, {"method": "self_skip", "num_speculative_tokens": 2})
+    assert heuristic.speculative_config.skip_source == "heuristic"
+    assert heuristic.speculative_config.num_speculative_tokens == 2
+
+
+def test_other_methods_are_untouched(tiny_llama):
+    config = build_config(tiny_llama, {"method": "ngram", "num_speculative_tokens": 2})
+    assert type(config.speculative_config).__name__ == "SpeculativeConfig"
+
+
+@pytest.mark.parametrize(
+    "spec, field, words",
+    [
+        ({"skip_attn": [4]}, "skip_attn", "out of range"),
+        ({"skip_attn": [-1]}, "skip_attn", "out of range"),
+        ({"skip_mlp": [1, 1]}, "skip_mlp", "listed twice"),
+        ({"skip_attn": [0, 1, 2, 3], "skip_mlp": [0, 1, 2, 3]}, "skip_attn/skip_mlp", "every sublayer"),
+        ({"num_speculative_tokens": 512}, "num_speculative_tokens", "max_model_len=512"),
+        ({"skip_atn": [1]}, "skip_atn", "did you mean 'skip_attn'"),
+        ({"skip_profile": "/nonexistent.json"}, "skip_profile", "does not exist"),
+        ({"model": "some/draft-model"}, "speculative_config.model", "drafts with the target model"),
+    ],
+)
+def test_bad_self_skip_options(tiny_llama, spec, field, words):
+    with pytest.raises(ValueError) as info:
+        build_config(tiny_llama, {"method": "self_skip", **spec})
+    assert field in str(info.value) and words in str(info.value)
+
+
+def test_draft_length_below_one(tiny_llama):
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        build_config(tiny_llama, {"method": "self_skip", "num_speculative_tokens": 0})
+
+
+def test_profiles_for_another_model_or_malformed(tiny_llama, default_model, tmp_path):
+    other = ModelIdentity("SmolLM2-135M-Instruct", "LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152)
+    path = tmp_path / "other.json"
+    save_profile(SkipProfile(model=other, skip_attn=[7], skip_mlp=[], num_speculative_tokens=3), path)
+    with pytest.raises(ValueError, match="skip_profile.*made for another model"):
+        build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path)})
+    # The same profile is accepted for the model it was made for.
+    ok = build_config(default_model, {"method": "self_skip", "skip_profile": str(path)})
+    assert ok.speculative_config.skip_attn == [7] and ok.speculative_config.num_speculative_tokens == 3
+    path.write_text(json.dumps({"model": "x"}))
+    with pytest.raises(ValueError, match="skip_profile.*not a valid profile"):
+        build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path)})
+
+
+def test_unsupported_architecture_is_named(tiny_model_factory):
+    with pytest.raises(ValueError, match="GPT2LMHeadModel"):
+        build_config(tiny_model_factory("gpt2"), {"method": "self_skip"})
+
+
+def test_model_runner_v2_forced_is_refused(tiny_llama, monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(ValueError, match="VLLM_USE_V2_MODEL_RUNNER"):
+        build_config(tiny_llama, {"method": "self_skip"})
+
+
+def _serve_parser():
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+
+    return make_arg_parser(FlexibleArgumentParser())
+
+
+def _engine_args(argv):
+    return EngineArgs.from_cli_args(_serve_parser().parse_args(argv))
+
+
+def test_serve_flags(tiny_llama):
+    args = _engine_args(["--model", tiny_llama, "--speculative-model", "self-skip", "--num-speculative-tokens", "3",
+                         "--max-model-len", "512"])
+    assert (args.spec_method, args.spec_tokens) == ("self_skip", 3)
+    spec = args.create_engine_config().speculative_config
+    assert spec.method == "self_skip" and spec.num_speculative_tokens == 3
+    args = _engine_args(["--model", tiny_llama, "--spec-method", "self_skip", "--max-model-len", "512", "-sc",
+                         json.dumps({"skip_attn": [1], "num_speculative_tokens": 2})])
+    spec = args.create_engine_config().speculative_config
+    assert spec.skip_attn == [1] and spec.num_speculative_tokens == 2
+    # Any other --speculative-model value is a draft model, as --spec-model.
+    assert _engine_args(["--model", tiny_llama, "--speculative-model", tiny_llama]).spec_model == tiny_llama
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--num-speculative-tokens", "0"], "--num-speculative-tokens: must be at least 1"),
+        (["--num-speculative-tokens", "four"], "--num-speculative-tokens: expected an integer"),
+        (["--speculative-model", ""], "expected 'self-skip'"),
+        (["--spec-method", "self_skipp"], "invalid choice"),
+    ],
+)
+def test_bad_serve_flags(tiny_llama, capsys, argv, words):
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--model", tiny_llama, *argv])
+    assert words in capsys.readouterr().err
