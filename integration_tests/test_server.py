@@ -1,0 +1,133 @@
+"""``vllm serve --speculative-model self-skip`` end to end on loopback.
+
+A plain server and a self_skip server run side by side (float32, eager). Greedy
+completions and chat completions, streamed and not, must match token for token;
+/metrics must show the speculative-decoding counters; 64 concurrent streams with a
+quarter of the clients disconnecting mid-stream must leave the server healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+import pytest
+
+from integration_tests.server import VllmServer
+from vllm_selfspec.prompts import load_prompt_set
+
+pytestmark = pytest.mark.engine
+
+COMMON = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+          "--kv-cache-memory-bytes", str(256 << 20), "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def servers(default_model, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("server-logs")
+    plain = VllmServer(default_model, *COMMON, log_path=logs / "plain.log")
+    self_skip = VllmServer(default_model, *COMMON, "--speculative-model", "self-skip",
+                           "--num-speculative-tokens", "4", log_path=logs / "self_skip.log")
+    try:
+        for server in (plain, self_skip):
+            server.start()
+        for server in (plain, self_skip):
+            server.wait_ready()
+        yield {"plain": plain, "self_skip": self_skip}
+    finally:
+        for server in (plain, self_skip):
+            server.stop()
+
+
+def _completion(url: str, model: str, prompt: str, stream: bool) -> tuple[str, str]:
+    body = {"model": model, "prompt": prompt, "max_tokens": 64, "temperature": 0.0, "stream": stream}
+    if not stream:
+        choice = httpx.post(f"{url}/v1/completions", json=body, timeout=300).json()["choices"][0]
+        return choice["text"], choice["finish_reason"]
+    text, finish = "", None
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                choice = json.loads(line[6:])["choices"][0]
+                text += choice["text"]
+                finish = choice.get("finish_reason") or finish
+    return text, finish
+
+
+def _chat(url: str, model: str, question: str) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": question}],
+            "max_tokens": 64, "temperature": 0.0}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300).json()["choices"][0]["message"]["content"]
+
+
+def test_outputs_identical_streamed_and_not(servers, default_model):
+    questions = load_prompt_set("chat")[:6]
+    for stream in (False, True):
+        for question in questions:
+            prompt = f"Question: {question}\nAnswer:"
+            expected = _completion(servers["plain"].url, default_model, prompt, stream=False)
+            assert _completion(servers["self_skip"].url, default_model, prompt, stream) == expected
+    for question in questions[:3]:
+        assert _chat(servers["self_skip"].url, default_model, question) == _chat(
+            servers["plain"].url, default_model, question)
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def test_metrics_endpoint_counts_self_skip(servers, default_model):
+    _completion(servers["self_skip"].url, default_model, "Question: Why is the sky blue?\nAnswer:", False)
+    text = httpx.get(f"{servers['self_skip'].url}/metrics", timeout=30).text
+    drafts = _metric(text, "vllm:spec_decode_num_drafts_total")
+    assert drafts > 0
+    assert _metric(text, "vllm:spec_decode_num_draft_tokens_total") == 4 * drafts
+    accepted = _metric(text, "vllm:spec_decode_num_accepted_tokens_total")
+    positions = re.findall(r'^vllm:spec_decode_num_accepted_tokens_per_pos_total{[^}]*position="(\d)"[^}]*} (\S+)$',
+                           text, re.M)
+    assert sorted(p for p, _ in positions) == ["0", "1", "2", "3"]
+    assert sum(float(v) for _, v in positions) == accepted > 0
+
+
+async def _stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, abort_after: int | None):
+    body = {"model": model, "prompt": prompt, "max_tokens": 48, "temperature": 0.0, "stream": True,
+            "ignore_eos": True}
+    chunks, finish = 0, None
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks += 1
+                finish = json.loads(line[6:])["choices"][0].get("finish_reason") or finish
+                if abort_after is not None and chunks >= abort_after:
+                    return "aborted", chunks  # leaving the block closes the connection
+    return finish, chunks
+
+
+def test_concurrent_streams_with_disconnects(servers, default_model):
+    url = servers["self_skip"].url
+    questions = load_prompt_set("chat")
+
+    async def main():
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(300), limits=limits) as client:
+            jobs = [
+                _stream(client, url, default_model, f"Question: {questions[i % len(questions)]}\nAnswer:",
+                        abort_after=3 if i % 4 == 0 else None)
+                for i in range(64)
+            ]
+            return await asyncio.wait_for(asyncio.gather(*jobs), timeout=600)
+
+    results = asyncio.run(main())
+    aborted = [r for r in results if r[0] == "aborted"]
+    completed = [r for r in results if r[0] == "length"]
+    assert len(aborted) == 16 and len(completed) == 48, results
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    assert _metric(text, "vllm:num_requests_running") == 0
+    assert _metric(text, "vllm:num_requests_waiting") == 0
+    # Still serving, still lossless after the disconnects.
+    prompt = "Question: Why is the sky blue?\nAnswer:"
+    assert _completion(url, default_model, prompt, False) == _completion(
+        servers["plain"].url, default_model, prompt, False)
