@@ -27,6 +27,9 @@ def test_valid_config_resolves_skip_set_and_runner(tiny_llama):
     assert isinstance(spec, SelfSkipSpeculativeConfig) and spec.method == "self_skip"
     assert (spec.skip_attn, spec.skip_mlp, spec.skip_source) == ([1, 2], [3], "explicit")
     assert spec.num_speculative_tokens == 4  # documented default without a profile
+    # Model Runner V2 (vLLM's GPU default) cannot host the proposer: vLLM is told so
+    # and falls back to the V1 runner.
+    assert any("self_skip" in f for f in config._get_v2_model_runner_unsupported_features())
     assert config.use_v2_model_runner is False
     assert config.num_lookahead_tokens == 4  # KV slots for the drafts are reserved
     heuristic = build_config(tiny_llama, {"method": "self_skip", "num_speculative_tokens": 2})
@@ -37,6 +40,8 @@ def test_valid_config_resolves_skip_set_and_runner(tiny_llama):
 def test_other_methods_are_untouched(tiny_llama):
     config = build_config(tiny_llama, {"method": "ngram", "num_speculative_tokens": 2})
     assert type(config.speculative_config).__name__ == "SpeculativeConfig"
+    assert not any("self_skip" in f for f in config._get_v2_model_runner_unsupported_features())
+    assert build_config(tiny_llama).speculative_config is None
 
 
 @pytest.mark.parametrize(

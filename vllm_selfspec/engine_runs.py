@@ -78,10 +78,12 @@ class TimedRun:
 
     @property
     def output_tokens(self) -> int:
+        """Generated tokens over all requests."""
         return sum(len(t) for t in self.token_ids)
 
     @property
     def tokens_per_s(self) -> float:
+        """Output tokens per second of wall time."""
         return self.output_tokens / self.seconds if self.seconds else 0.0
 
 

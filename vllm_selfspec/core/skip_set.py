@@ -74,13 +74,6 @@ class SkipSet:
         """Whether the draft runs the MLP sublayer of ``layer``."""
         return layer not in self.mlp
 
-    def as_vector(self) -> list[int]:
-        """The 2·L indicator vector of Draft & Verify: attention first, then MLP; 1 = skip."""
-        attn, mlp = set(self.attn), set(self.mlp)
-        return [int(i in attn) for i in range(self.num_layers)] + [
-            int(i in mlp) for i in range(self.num_layers)
-        ]
-
     def describe(self) -> str:
         """A one-line summary for logs."""
         return (

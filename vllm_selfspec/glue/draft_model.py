@@ -73,7 +73,3 @@ class LayerSkipDraftModel(nn.Module):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Logits from the target's own LM head."""
         return self.target.compute_logits(hidden_states)
-
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings from the target's own embedding table."""
-        return self.target.model.embed_input_ids(input_ids)

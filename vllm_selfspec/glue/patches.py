@@ -14,7 +14,6 @@ from vllm.engine.arg_utils import EngineArgs
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 from vllm_selfspec.core.resolve import reject_unknown_options
-from vllm_selfspec.core.skip_set import SelfSkipConfigError
 from vllm_selfspec.glue.config import SELF_SKIP_ALIASES, SELF_SKIP_METHOD, SelfSkipSpeculativeConfig
 from vllm_selfspec.glue.patching import VllmPatch
 
@@ -222,5 +221,3 @@ def apply_all() -> None:
     if current_platform.is_cpu():
         PatchCpuExpandKernel.apply()
 
-
-__all__ = ["ALL_PATCHES", "SelfSkipConfigError", "apply_all"]

@@ -61,9 +61,6 @@ class SelfSkipProposer(DraftModelProposer):
         """The draft runs eagerly: its graph changes with the skip set."""
         super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
 
-    def model_returns_tuple(self) -> bool:
-        return False
-
     @torch.inference_mode()
     def propose(
         self,
