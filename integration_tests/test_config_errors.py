@@ -130,3 +130,8 @@ def test_bad_serve_flags(tiny_llama, capsys, argv, words):
     with pytest.raises(SystemExit):
         _serve_parser().parse_args(["--model", tiny_llama, *argv])
     assert words in capsys.readouterr().err
+
+
+def test_pipeline_parallelism_is_refused(tiny_llama):
+    with pytest.raises(ValueError, match="pipeline_parallel_size=2: self_skip supports tensor parallelism only"):
+        build_config(tiny_llama, {"method": "self_skip"}, pipeline_parallel_size=2)

@@ -58,6 +58,13 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
         for name in ("parallel_drafting", "use_heterogeneous_vocab"):
             if getattr(self, name):
                 raise SelfSkipConfigError(f"speculative_config.{name}: not supported by self_skip")
+        parallel = self.target_parallel_config
+        for name in ("pipeline_parallel_size", "data_parallel_size"):
+            if getattr(parallel, name) > 1:
+                raise SelfSkipConfigError(
+                    f"{name}={getattr(parallel, name)}: self_skip supports tensor parallelism "
+                    "only; set it to 1"
+                )
         architectures = list(target.architectures or [])
         if not set(architectures) & set(SUPPORTED_ARCHITECTURES):
             raise SelfSkipConfigError(

@@ -37,8 +37,6 @@ class LayerSkipDraftModel(nn.Module):
                 f"self_skip cannot drive {architecture}: its decoder layers lack "
                 f"{'/'.join(_DECODER_LAYER_PARTS)}"
             )
-        if (decoder.start_layer, decoder.end_layer) != (0, len(layers)):
-            raise SelfSkipConfigError("self_skip does not support pipeline parallelism yet")
         if len(layers) != skip_set.num_layers:
             raise SelfSkipConfigError(
                 f"skip set is for {skip_set.num_layers} layers, {architecture} has {len(layers)}"
