@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 from torch import nn
-from vllm.config import CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
+from vllm.config import CompilationMode, CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
 from vllm.forward_context import set_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
@@ -49,6 +49,14 @@ class SelfSkipProposer(DraftModelProposer):
         if self.supports_mm_inputs:
             raise ValueError("self_skip does not support multimodal models yet")
         self.model = LayerSkipDraftModel(target_model, self.skip_set)
+        if (
+            self.vllm_config.compilation_config.mode != CompilationMode.NONE
+            and not self.speculative_config.enforce_eager
+        ):
+            # The target is compiled, so its custom ops run as plain PyTorch; compile
+            # the draft too (one graph per skip set, dynamic in the batch size).
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+            logger.info("self_skip draft compiled with torch.compile (dynamic batch size)")
         self._draft_attn_layer_names = {
             name
             for name, layer in get_layers_from_vllm_config(
@@ -58,7 +66,7 @@ class SelfSkipProposer(DraftModelProposer):
         }
 
     def initialize_cudagraph_keys(self, cudagraph_mode: CUDAGraphMode) -> None:
-        """The draft runs eagerly: its graph changes with the skip set."""
+        """No CUDA graphs for the draft: its graph is not captured with the target's."""
         super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
 
     @torch.inference_mode()
