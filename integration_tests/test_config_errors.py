@@ -135,3 +135,10 @@ def test_bad_serve_flags(tiny_llama, capsys, argv, words):
 def test_pipeline_parallelism_is_refused(tiny_llama):
     with pytest.raises(ValueError, match="pipeline_parallel_size=2: self_skip supports tensor parallelism only"):
         build_config(tiny_llama, {"method": "self_skip"}, pipeline_parallel_size=2)
+
+
+@pytest.mark.parametrize("spec", [{"model": "self-skip"}, {"method": "self-skip"}, {"method": "self_skip"}])
+def test_every_spelling_selects_self_skip(tiny_llama, spec):
+    config = build_config(tiny_llama, {**spec, "num_speculative_tokens": 2})
+    assert isinstance(config.speculative_config, SelfSkipSpeculativeConfig)
+    assert config.speculative_config.method == "self_skip"

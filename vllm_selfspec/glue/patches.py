@@ -24,25 +24,18 @@ def _is_self_skip(value: object) -> bool:
 
 def _normalise_self_skip_request(args: EngineArgs) -> bool:
     """Rewrite every spelling of a self_skip request to ``method='self_skip'``; say if there was one."""
-    spec = args.speculative_config if isinstance(args.speculative_config, dict) else None
-    requested = _is_self_skip(args.spec_method) or _is_self_skip(args.spec_model)
-    if spec is not None:
-        requested |= _is_self_skip(spec.get("method")) or _is_self_skip(spec.get("model"))
-    if not requested:
-        return False
+    spec = args.speculative_config if isinstance(args.speculative_config, dict) else {}
     if _is_self_skip(args.spec_model):
         args.spec_model = None
-        if args.spec_method is None:
-            args.spec_method = SELF_SKIP_METHOD
+        args.spec_method = args.spec_method or SELF_SKIP_METHOD
+    if _is_self_skip(spec.get("model")):
+        del spec["model"]
+        spec.setdefault("method", SELF_SKIP_METHOD)
     if _is_self_skip(args.spec_method):
         args.spec_method = SELF_SKIP_METHOD
-    if spec is not None:
-        if _is_self_skip(spec.get("model")):
-            del spec["model"]
-            spec.setdefault("method", SELF_SKIP_METHOD)
-        if _is_self_skip(spec.get("method")):
-            spec["method"] = SELF_SKIP_METHOD
-    return True
+    if _is_self_skip(spec.get("method")):
+        spec["method"] = SELF_SKIP_METHOD
+    return SELF_SKIP_METHOD in (args.spec_method, spec.get("method"))
 
 
 @contextmanager
