@@ -23,6 +23,8 @@ def varied_prompts(llm, count: int = 16) -> list[str]:
 
 @dataclass
 class GreedyRun:
+    """Greedy outputs of one engine, and its spec-decode counters over the run."""
+
     batched: list[list[int]]
     single: list[list[int]] | None
     spec: SpecDecodeCounts

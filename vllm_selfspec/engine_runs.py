@@ -14,7 +14,7 @@ ENGINE_DEFAULTS = dict(
     kv_cache_memory_bytes=1 << 30,
     disable_log_stats=False,
 )
-"""Engine settings shared by the demo, the benchmark and the tests on this CPU machine."""
+"""Engine settings shared by the demo and the tests on this CPU machine."""
 
 
 @dataclass
