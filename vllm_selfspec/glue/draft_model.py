@@ -63,8 +63,7 @@ class LayerSkipDraftModel(nn.Module):
         for norm, sublayer, is_attention in self._sublayers:
             normed, residual = _norm_with_residual(norm, delta, residual)
             delta = sublayer(positions=positions, hidden_states=normed) if is_attention else sublayer(normed)
-        if residual is None:
-            return decoder.norm(delta)
+        # SkipSet never skips every sublayer, so at least one residual add happened.
         hidden, _ = decoder.norm(delta, residual)
         return hidden
 
