@@ -114,9 +114,10 @@ def save_profile(profile: SkipProfile, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def find_shipped_profile(identity: ModelIdentity) -> Path | None:
-    """The profile shipped with the package for exactly this model, if any."""
+def find_shipped_profile(identity: ModelIdentity) -> tuple[Path, SkipProfile] | None:
+    """The profile shipped with the package for exactly this model, and its path, if any."""
     for candidate in sorted(SHIPPED_PROFILES_DIR.glob("*.json")):
-        if not load_profile(candidate).model.mismatches(identity):
-            return candidate
+        profile = load_profile(candidate)
+        if not profile.model.mismatches(identity):
+            return candidate, profile
     return None

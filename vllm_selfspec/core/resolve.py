@@ -66,8 +66,8 @@ def resolve_self_skip(
     elif skip_attn is None and skip_mlp is None:
         shipped = find_shipped_profile(identity)
         if shipped is not None:
-            profile = load_profile(shipped)
-            source = f"shipped profile {shipped.name}"
+            path, profile = shipped
+            source = f"shipped profile {path.name}"
 
     if skip_attn is not None or skip_mlp is not None:
         skip_set = SkipSet.build(identity.num_layers, skip_attn or [], skip_mlp or [])
