@@ -11,7 +11,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 # Lets tests send inspection functions to workers through LLM.collective_rpc.
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
-from integration_tests.tiny_models import write_tiny_model  # noqa: E402
+from vllm_selfspec.tiny_models import write_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

