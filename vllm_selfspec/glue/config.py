@@ -13,7 +13,7 @@ from vllm_selfspec.core.resolve import resolve_self_skip
 from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet
 from vllm_selfspec.glue.identity import SUPPORTED_ARCHITECTURES, model_identity
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
 
 SELF_SKIP_METHOD = "self_skip"
 SELF_SKIP_ALIASES = ("self_skip", "self-skip")

@@ -19,7 +19,7 @@ import vllm_selfspec
 from vllm_selfspec.core.ranks import check_ranks_agree
 from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
 
 
 class SelfSkipProposer(DraftModelProposer):

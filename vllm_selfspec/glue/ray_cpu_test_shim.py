@@ -19,7 +19,7 @@ from vllm_selfspec.glue.patching import VllmPatch
 RAY_SLOT_RESOURCE = "GPU"
 """The Ray resource that stands for one tensor-parallel rank on the CPU: a scheduling token only."""
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
 
 
 class PatchCpuPlatformRayDeviceKey(VllmPatch):

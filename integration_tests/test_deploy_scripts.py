@@ -1,0 +1,30 @@
+"""deploy/local_ray_tp.sh runs as documented: Ray on loopback, TP=2 with self_skip, requests, stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from integration_tests.server import free_port
+
+pytestmark = [pytest.mark.engine, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_local_ray_tp_script():
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PORT": str(free_port()),
+        "RAY_PORT": str(free_port()),
+    }
+    result = subprocess.run([str(ROOT / "deploy" / "local_ray_tp.sh")], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "test-only Ray-on-CPU shim is active" in result.stdout
+    assert "== OK: Ray tensor parallelism 2 with self_skip served requests" in result.stdout
