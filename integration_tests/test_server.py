@@ -27,9 +27,10 @@ COMMON = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
 @pytest.fixture(scope="module")
 def servers(default_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("server-logs")
-    plain = VllmServer(default_model, *COMMON, log_path=logs / "plain.log")
+    info = {"VLLM_LOGGING_LEVEL": "INFO"}
+    plain = VllmServer(default_model, *COMMON, log_path=logs / "plain.log", env=info)
     self_skip = VllmServer(default_model, *COMMON, "--speculative-model", "self-skip",
-                           "--num-speculative-tokens", "4", log_path=logs / "self_skip.log")
+                           "--num-speculative-tokens", "4", log_path=logs / "self_skip.log", env=info)
     try:
         for server in (plain, self_skip):
             server.start()
@@ -131,3 +132,33 @@ def test_concurrent_streams_with_disconnects(servers, default_model):
     prompt = "Question: Why is the sky blue?\nAnswer:"
     assert _completion(url, default_model, prompt, False) == _completion(
         servers["plain"].url, default_model, prompt, False)
+
+
+def test_self_skip_announces_itself_in_the_server_log(servers):
+    log = servers["self_skip"].log_path.read_text()
+    assert "self_skip proposer on CPUModelRunner (vLLM V1 model runner)" in log
+    assert "self_skip proposer" not in servers["plain"].log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--speculative-model", "self-skip", "--speculative-config", '{"skip_profile": "/no/such/profile.json"}'],
+         ["skip_profile", "/no/such/profile.json", "does not exist"]),
+        (["--speculative-model", "self-skip", "--num-speculative-tokens", "0"],
+         ["--num-speculative-tokens: must be at least 1"]),
+        (["--speculative-model", "self-skip", "--speculative-config", '{"skip_atn": [3]}'],
+         ["skip_atn", "skip_attn"]),
+    ],
+    ids=["missing-profile", "zero-draft-tokens", "misspelt-option"],
+)
+def test_bad_input_stops_the_server_before_any_worker(default_model, tmp_path, flags, words):
+    server = VllmServer(default_model, *COMMON, *flags, log_path=tmp_path / "server.log").start()
+    try:
+        assert server.process.wait(timeout=120) != 0
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    for word in words:
+        assert word in log, log[-2000:]
+    assert "EngineCore" not in log and "Worker pid" not in log  # refused before any engine process

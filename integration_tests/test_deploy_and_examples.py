@@ -1,4 +1,4 @@
-"""deploy/local_ray_tp.sh runs as documented: Ray on loopback, TP=2 with self_skip, requests, stop."""
+"""The Ray rehearsals run as documented: deploy/local_ray_tp.sh and examples/ray_tensor_parallel.py."""
 
 from __future__ import annotations
 
@@ -28,3 +28,13 @@ def test_local_ray_tp_script():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test-only Ray-on-CPU shim is active" in result.stdout
     assert "== OK: Ray tensor parallelism 2 with self_skip served requests" in result.stdout
+
+
+def test_ray_tensor_parallel_example_rehearsal():
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "INFO"}
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "ray_tensor_parallel.py"), "--tiny-on-cpu"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert result.stdout.count("\n---") == 2  # both prompts answered
+    assert "all 2 tensor-parallel ranks draft with vllm-selfspec" in output
