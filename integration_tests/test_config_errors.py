@@ -123,6 +123,8 @@ def test_serve_flags(tiny_llama):
         (["--num-speculative-tokens", "0"], "--num-speculative-tokens: must be at least 1"),
         (["--num-speculative-tokens", "four"], "--num-speculative-tokens: expected an integer"),
         (["--speculative-model", ""], "expected 'self-skip'"),
+        (["--speculative-model", "selfskip"], "did you mean 'self-skip'?"),
+        (["--speculative-model", "Self_Skp"], "did you mean 'self-skip'?"),
         (["--spec-method", "self_skipp"], "invalid choice"),
     ],
 )

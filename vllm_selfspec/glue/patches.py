@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 from contextlib import contextmanager
 
@@ -112,6 +113,12 @@ class _SpeculativeModelAction(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         if not value:
             raise argparse.ArgumentError(self, "expected 'self-skip' or a draft model name or path")
+        near_miss = difflib.get_close_matches(value.lower(), SELF_SKIP_ALIASES, n=1, cutoff=0.7)
+        if near_miss and not _is_self_skip(value) and not os.path.exists(value):
+            raise argparse.ArgumentError(
+                self, f"{value!r} is neither 'self-skip' nor an existing draft model path; "
+                "did you mean 'self-skip'?"
+            )
         if _is_self_skip(value):
             namespace.spec_method = SELF_SKIP_METHOD
         else:
