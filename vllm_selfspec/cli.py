@@ -1,4 +1,4 @@
-"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, serve."""
+"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, bench, serve."""
 
 from __future__ import annotations
 
@@ -44,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("folder", help="where to write it (reused when it already holds one)")
     tiny.add_argument("--architecture", default="llama", choices=["llama", "mistral", "qwen2", "qwen3"])
     demo = commands.add_parser("demo", help="plain vLLM against self_skip on the same prompts")
+    from vllm_selfspec import bench as bench_module
     from vllm_selfspec import demo as demo_module
 
     demo_module.add_arguments(demo)
+    bench = commands.add_parser("bench", help="plain, self_skip, ngram and draft_model side by side; report")
+    bench_module.add_arguments(bench)
     args = parser.parse_args(argv)
 
     if args.command == "prepare-model":
@@ -66,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             write_tiny_model(args.architecture, folder, prepare_default_model())
         print(folder)
         return 0
+    if args.command == "bench":
+        try:
+            return bench_module.run_bench(args)
+        except bench_module.BenchInputError as error:
+            parser.exit(2, f"vllm-selfspec bench: error: {error}\n")
     return demo_module.run_demo(args)
 
 

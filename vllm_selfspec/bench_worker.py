@@ -1,0 +1,90 @@
+"""Timers the bench adds to vLLM's workers, through vLLM's ``worker_extension_cls``.
+
+The methods become methods of every worker, so the bench calls them by name with
+``LLM.collective_rpc``. They wrap the runner's own calls with timers and change
+nothing else. Each engine step is recorded with its start time, whether it prefills
+(it schedules a new request), and the time spent in the target forward, in the
+proposer's ``propose`` and in draft sampling.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+
+class BenchWorkerExtension:
+    """Per-step timers, read and reset by the bench around every ``generate`` call."""
+
+    def selfspec_install_step_timers(self) -> None:
+        """Wrap the runner's step, forward and proposer calls with timers (idempotent)."""
+        runner = self.model_runner
+        if getattr(runner, "_selfspec_steps", None) is not None:
+            return
+        steps: list[dict] = []
+        synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+        def timed(function, key):
+            def wrapper(*args, **kwargs):
+                synchronize()
+                start = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    synchronize()
+                    if steps:
+                        steps[-1][key] += time.perf_counter() - start
+
+            return wrapper
+
+        execute_model = runner.execute_model
+
+        def recorded_step(scheduler_output, *args, **kwargs):
+            if scheduler_output.total_num_scheduled_tokens:
+                steps.append({"start": time.perf_counter(), "prefill": bool(scheduler_output.scheduled_new_reqs),
+                              "forward_s": 0.0, "draft_s": 0.0, "draft_sampling_s": 0.0})
+            return execute_model(scheduler_output, *args, **kwargs)
+
+        runner.execute_model = recorded_step
+        runner._model_forward = timed(runner._model_forward, "forward_s")
+        drafter = getattr(runner, "drafter", None)
+        if drafter is not None:
+            drafter.propose = timed(drafter.propose, "draft_s")
+            if hasattr(drafter, "_sample_draft_tokens"):
+                drafter._sample_draft_tokens = timed(drafter._sample_draft_tokens, "draft_sampling_s")
+        runner._selfspec_steps = steps
+
+    def selfspec_read_and_reset_step_timers(self, start: float, end: float) -> dict:
+        """Prefill and decode totals for the steps between ``start`` and ``end`` (``perf_counter``).
+
+        A step lasts from its start to the next step's start, so engine overhead outside
+        the worker counts too; the first step also carries the time from ``start``, the
+        last runs until ``end``. The worker's peak resident memory (MiB) comes along.
+        """
+        steps = self.model_runner._selfspec_steps
+        totals = {f"{phase}_{key}": 0.0 for phase in ("prefill", "decode")
+                  for key in ("steps", "s", "forward_s", "draft_s", "draft_sampling_s")}
+        for index, step in enumerate(steps):
+            begin = start if index == 0 else step["start"]
+            finish = steps[index + 1]["start"] if index + 1 < len(steps) else end
+            phase = "prefill" if step["prefill"] else "decode"
+            totals[f"{phase}_steps"] += 1
+            totals[f"{phase}_s"] += finish - begin
+            for key in ("forward_s", "draft_s", "draft_sampling_s"):
+                totals[f"{phase}_{key}"] += step[key]
+        steps.clear()
+        totals["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return totals
+
+    def selfspec_model_shape(self) -> dict:
+        """Parameter counts that set a forward's compute: one attention and one MLP sublayer, the LM head."""
+        model = self.model_runner.get_model()
+        layers = model.model.layers
+        return {
+            "num_layers": len(layers),
+            "attn_params": sum(p.numel() for p in layers[0].self_attn.parameters()),
+            "mlp_params": sum(p.numel() for p in layers[0].mlp.parameters()),
+            "lm_head_params": model.lm_head.weight.numel(),
+        }
