@@ -28,3 +28,27 @@ def test_cpu_expand_kernel_keeps_float_values():
     cpu_triton_utils._expand_kernel_impl(ints, torch.tensor([3, 9], dtype=torch.int32),
                                          torch.tensor([1, 3]), 0, 7)
     assert ints.tolist() == [3, 9, 9, 0]
+
+
+def test_ray_cpu_test_shim_stays_out_unless_asked():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != patches.RAY_ON_CPU_TEST_SHIM_ENV_VAR}
+    probe = ("import sys, vllm_selfspec; vllm_selfspec.register(); "
+             "print('vllm_selfspec.glue.ray_cpu_test_shim' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr[-2000:]
+
+
+def test_ray_cpu_test_shim_never_activates_off_cpu(monkeypatch):
+    from vllm.platforms.cpu import CpuPlatform
+
+    from vllm_selfspec.glue import ray_cpu_test_shim as shim
+
+    monkeypatch.setattr(shim.current_platform, "is_cpu", lambda: False)
+    shim.install()
+    assert not shim.PatchCpuPlatformRayDeviceKey.is_applied()
+    assert not shim.PatchRayWorkerActorClass.is_applied()
+    assert CpuPlatform.ray_device_key == ""

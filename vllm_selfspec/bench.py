@@ -23,9 +23,9 @@ from vllm_selfspec.prompts import PromptSetError, load_prompt_set
 METHODS = ("plain", "self_skip", "ngram", "draft_model")
 SAMPLING = {"greedy": {"temperature": 0.0}, "random": {"temperature": 0.8, "top_p": 0.95}}
 FULL = dict(prompt_sets="humaneval,chat,summarization", batch_sizes="1,8,32", sampling="greedy,random",
-            max_tokens=64, single_requests=2)
-BENCH_WORKER_EXTENSION = "vllm_selfspec.bench_worker.BenchWorkerExtension"
+            max_tokens=32, single_requests=2)
 QUICK = dict(prompt_sets="chat", batch_sizes="1,4", sampling="greedy,random", max_tokens=16, single_requests=1)
+BENCH_WORKER_EXTENSION = "vllm_selfspec.bench_worker.BenchWorkerExtension"
 
 
 class BenchInputError(ValueError):
