@@ -149,6 +149,7 @@ class Row:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     per_position_rates: list[float] = field(default_factory=list)
+    request_acceptance_lengths: list[float] = field(default_factory=list)  # per request, from vLLM
     token_ids: list[list[int]] = field(default_factory=list, repr=False)
 
     @property
@@ -202,7 +203,8 @@ def run_method(method: str, settings: BenchSettings, log=print) -> tuple[list[Ro
 
     llm = make_llm(settings.model, speculative_config(method, settings), dtype=settings.dtype,
                    enforce_eager=settings.eager, max_num_seqs=max(settings.batch_sizes),
-                   kv_cache_memory_bytes=2 << 30, worker_extension_cls=BENCH_WORKER_EXTENSION)
+                   kv_cache_memory_bytes=2 << 30, worker_extension_cls=BENCH_WORKER_EXTENSION,
+                   per_request_spec_decode_metrics="summary")
     rows: list[Row] = []
     try:
         llm.collective_rpc("selfspec_install_step_timers")
@@ -239,6 +241,10 @@ def run_method(method: str, settings: BenchSettings, log=print) -> tuple[list[Ro
                 timers=timers, peak_rss_mib=reading["peak_rss_mib"],
                 drafts=counts.drafts, draft_tokens=counts.draft_tokens, accepted_tokens=counts.accepted_tokens,
                 per_position_rates=counts.per_position_rates, token_ids=token_ids,
+                request_acceptance_lengths=[
+                    o.outputs[0].spec_decode_metrics.to_dict()["mean_acceptance_length"]
+                    for o in outputs if o.outputs[0].spec_decode_metrics is not None
+                ],
             )
             rows.append(row)
             log(f"  {method:>11} {name:>13} {sampling:>6} bs {batch_size:>2}: {row.tokens_per_s:7.1f} tok/s"

@@ -86,11 +86,17 @@ def _add_draft_cost_and_model(entry: dict, row, base, k: int, ideal: float | Non
     entry["draft_sampling_share"] = row.timers["decode_draft_sampling_s"] / drafting if drafting else None
     inputs = inputs_from_measurements(row.per_position_rates, plain_times, spec_times)
     decode = inputs.predicted_speedup()
+    # A batch decodes until its slowest request is done; plain vLLM's requests (same length,
+    # ignore_eos) finish together. So a batch advances at its slowest request's rate.
+    slowest = min(row.request_acceptance_lengths, default=None)
+    if row.batch_size > 1 and slowest is not None:
+        decode *= slowest / inputs.expected_tokens_per_step
     # End to end: the measured prefill time, plus plain decoding's time shortened by the model.
     predicted_seconds = row.timers["prefill_s"] + base.timers["decode_s"] / decode
     entry["speed_model"] = {
         "draft_cost": inputs.draft_cost, "verify_cost": inputs.verify_cost, "overhead": inputs.overhead,
-        "expected_tokens_per_step": 1 + sum(row.per_position_rates),
+        "expected_tokens_per_step": inputs.expected_tokens_per_step,
+        "slowest_request_tokens_per_step": slowest,
         "predicted_decode_speedup": decode, "ceiling_decode_speedup": inputs.ceiling_speedup(),
         "measured_decode_speedup": (row.decode_tokens / row.timers["decode_s"])
         / (base.decode_tokens / base.timers["decode_s"]),
@@ -203,9 +209,10 @@ def markdown(results: dict) -> str:
               " plain vLLM's target forward; its *ideal* is the share of the forward's compute (parameters of the"
               " sublayers run, LM head included) the draft keeps; *draft sampling* is the share of drafting spent"
               " sampling draft tokens. The speed model predicts the decode speedup E / (K·draft + verify +"
-              " overhead); the end-to-end prediction adds the measured prefill time to plain decoding's time"
+              " overhead); a batch advances at its slowest request's rate, so for batches E is that request's"
+              " mean acceptance length (E slowest); the end-to-end prediction adds the measured prefill time to plain decoding's time"
               " divided by that, and is compared with the measured end-to-end speedup.", "",
-              "| method | prompts | sampling | batch | draft cost (ideal) | draft sampling | verify | overhead | E "
+              "| method | prompts | sampling | batch | draft cost (ideal) | draft sampling | verify | overhead | E (E slowest) "
               "| decode: predicted / measured | end to end: predicted | measured | error |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -215,7 +222,8 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {r['method']} | {r['prompt_set']} | {r['sampling']} | {r['batch_size']} | "
             f"{_fmt(r['draft_cost_ratio'])} ({_fmt(r['draft_cost_ideal'])}) | {_fmt(r['draft_sampling_share'], '{:.0%}')} | "
-            f"{model['verify_cost']:.2f} | {model['overhead']:.2f} | {model['expected_tokens_per_step']:.2f} | "
+            f"{model['verify_cost']:.2f} | {model['overhead']:.2f} | {model['expected_tokens_per_step']:.2f}"
+            f"{'' if model['slowest_request_tokens_per_step'] is None or r['batch_size'] == 1 else ' (%.2f)' % model['slowest_request_tokens_per_step']} | "
             f"{model['predicted_decode_speedup']:.2f}× / {model['measured_decode_speedup']:.2f}× | "
             f"{model['predicted_speedup']:.2f}× | {r['speedup']:.2f}× | {_fmt(model.get('error'), '{:+.0%}')} |")
     lines += ["", "## Peak memory", "", "Peak resident memory of the worker process (weights, KV cache, activations).", "",

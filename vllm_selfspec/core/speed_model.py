@@ -51,13 +51,18 @@ class SpeedModelInputs:
         return len(self.per_position_rates)
 
     @property
+    def expected_tokens_per_step(self) -> float:
+        """E, tokens per request per speculative step."""
+        return expected_tokens_per_step(self.per_position_rates)
+
+    @property
     def step_cost(self) -> float:
         """One speculative step, in plain decode steps."""
         return self.num_speculative_tokens * self.draft_cost + self.verify_cost + self.overhead
 
     def predicted_speedup(self) -> float:
         """Tokens per second relative to plain decoding."""
-        return expected_tokens_per_step(self.per_position_rates) / self.step_cost
+        return self.expected_tokens_per_step / self.step_cost
 
     def ceiling_speedup(self) -> float:
         """The speedup if every draft were accepted, at the same costs."""
