@@ -19,8 +19,8 @@ MACHINE = {"machine": "test box", "processor": "x", "python": "3", "torch": "t",
 
 def _timers(prefill_s, decode_steps, decode_s, forward_s, draft_s=0.0):
     return {"prefill_steps": 1, "prefill_s": prefill_s, "prefill_forward_s": 0.0, "prefill_draft_s": 0.0,
-            "prefill_draft_sampling_s": 0.0, "decode_steps": decode_steps, "decode_s": decode_s,
-            "decode_forward_s": forward_s, "decode_draft_s": draft_s, "decode_draft_sampling_s": draft_s / 4}
+            "prefill_draft_forward_s": 0.0, "decode_steps": decode_steps, "decode_s": decode_s,
+            "decode_forward_s": forward_s, "decode_draft_s": draft_s, "decode_draft_forward_s": draft_s * 3 / 4}
 
 
 def _settings(tmp_path):
@@ -57,6 +57,8 @@ def test_speedups_speed_model_and_flags(tmp_path):
     # One draft step = 3 ms against a 7.5 ms plain forward; the draft keeps 1 - 10/100 of the compute.
     assert bs1["draft_cost_ratio"] == pytest.approx(0.003 / 0.0075)
     assert bs1["draft_cost_ideal"] == pytest.approx(0.9)
+    assert bs1["draft_forward_ratio"] == pytest.approx(0.75 * 0.003 / 0.0075)
+    assert bs1["draft_outside_model_share"] == pytest.approx(0.25)
 
     bs8 = rows[("self_skip", 8)]
     assert bs8["identical_to_plain"] == 7

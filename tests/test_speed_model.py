@@ -59,3 +59,13 @@ def test_projections_use_the_published_skip_sets():
         projected = project(published, 4).predicted_speedup()
         assert 1.0 < projected < published.reported_speedup
         assert project(published, 4, overhead=0.1).predicted_speedup() < projected
+
+
+def test_speculative_decode_steps_are_discrete_and_wait_for_the_slowest():
+    from vllm_selfspec.core.speed_model import speculative_decode_steps
+
+    assert speculative_decode_steps(15, [2.83], batched=False) == 6  # 5.3 steps round up
+    assert speculative_decode_steps(16, [4.0, 4.0], batched=False) == 8  # one after another
+    assert speculative_decode_steps(16, [4.0, 2.0, 4.0], batched=True) == 8  # the batch waits for E=2
+    with pytest.raises(ValueError, match="acceptance length"):
+        speculative_decode_steps(16, [], batched=True)

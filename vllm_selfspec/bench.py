@@ -143,7 +143,7 @@ class Row:
     requests: int
     output_tokens: int
     seconds: float
-    timers: dict  # prefill_/decode_ steps, s, forward_s, draft_s, draft_sampling_s
+    timers: dict  # prefill_/decode_ steps, s, forward_s, draft_s, draft_forward_s
     peak_rss_mib: float
     drafts: int = 0
     draft_tokens: int = 0
@@ -201,19 +201,20 @@ def run_method(method: str, settings: BenchSettings, log=print) -> tuple[list[Ro
 
     from vllm_selfspec.engine_runs import SpecDecodeCounts, make_llm, release
 
-    llm = make_llm(settings.model, speculative_config(method, settings), dtype=settings.dtype,
-                   enforce_eager=settings.eager, max_num_seqs=max(settings.batch_sizes),
-                   kv_cache_memory_bytes=2 << 30, worker_extension_cls=BENCH_WORKER_EXTENSION,
-                   per_request_spec_decode_metrics="summary")
+    spec = speculative_config(method, settings)
+    per_request = {} if spec is None else {"per_request_spec_decode_metrics": "summary"}
+    llm = make_llm(settings.model, spec, dtype=settings.dtype, enforce_eager=settings.eager,
+                   max_num_seqs=max(settings.batch_sizes), kv_cache_memory_bytes=2 << 30,
+                   worker_extension_cls=BENCH_WORKER_EXTENSION, **per_request)
     rows: list[Row] = []
     try:
         llm.collective_rpc("selfspec_install_step_timers")
         shape = llm.collective_rpc("selfspec_model_shape")[0]
-        spec = llm.llm_engine.vllm_config.speculative_config
-        engine_info = {"speculative_config": None if spec is None else {
-            "method": spec.method, "num_speculative_tokens": spec.num_speculative_tokens,
-            **({"skip_attn": list(spec.skip_attn), "skip_mlp": list(spec.skip_mlp), "skip_source": spec.skip_source}
-               if method == "self_skip" else {}),
+        config = llm.llm_engine.vllm_config.speculative_config
+        engine_info = {"speculative_config": None if config is None else {
+            "method": config.method, "num_speculative_tokens": config.num_speculative_tokens,
+            **({"skip_attn": list(config.skip_attn), "skip_mlp": list(config.skip_mlp),
+                "skip_source": config.skip_source} if method == "self_skip" else {}),
         }}
         warm = _workload_prompts(llm, "chat", load_prompt_set("chat"), max(settings.batch_sizes))
         llm.generate(warm, SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)

@@ -3,8 +3,8 @@
 The methods become methods of every worker, so the bench calls them by name with
 ``LLM.collective_rpc``. They wrap the runner's own calls with timers and change
 nothing else. Each engine step is recorded with its start time, whether it prefills
-(it schedules a new request), and the time spent in the target forward, in the
-proposer's ``propose`` and in draft sampling.
+(it schedules a new request), and the time spent in the target's forward and LM head,
+in the proposer's ``propose``, and in the draft model's forward and LM head.
 """
 
 from __future__ import annotations
@@ -19,23 +19,47 @@ class BenchWorkerExtension:
     """Per-step timers, read and reset by the bench around every ``generate`` call."""
 
     def selfspec_install_step_timers(self) -> None:
-        """Wrap the runner's step, forward and proposer calls with timers (idempotent)."""
+        """Wrap the runner's step, model and proposer calls with timers (idempotent).
+
+        ``forward_s`` is the target's forward and LM head outside drafting; inside the
+        proposer's ``propose`` (``draft_s``), ``draft_forward_s`` is the draft model's
+        forward and LM head, and the rest is draft sampling, metadata and input handling.
+        """
         runner = self.model_runner
         if getattr(runner, "_selfspec_steps", None) is not None:
             return
         steps: list[dict] = []
+        state = {"drafting": False, "depth": 0}
         synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
-        def timed(function, key):
+        def timed_model_call(function):
             def wrapper(*args, **kwargs):
+                if state["depth"] or not steps:  # a nested call is already being timed
+                    return function(*args, **kwargs)
+                state["depth"] += 1
                 synchronize()
                 start = time.perf_counter()
                 try:
                     return function(*args, **kwargs)
                 finally:
                     synchronize()
+                    state["depth"] -= 1
+                    steps[-1]["draft_forward_s" if state["drafting"] else "forward_s"] += time.perf_counter() - start
+
+            return wrapper
+
+        def timed_propose(function):
+            def wrapper(*args, **kwargs):
+                state["drafting"] = True
+                synchronize()
+                start = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    synchronize()
+                    state["drafting"] = False
                     if steps:
-                        steps[-1][key] += time.perf_counter() - start
+                        steps[-1]["draft_s"] += time.perf_counter() - start
 
             return wrapper
 
@@ -44,16 +68,20 @@ class BenchWorkerExtension:
         def recorded_step(scheduler_output, *args, **kwargs):
             if scheduler_output.total_num_scheduled_tokens:
                 steps.append({"start": time.perf_counter(), "prefill": bool(scheduler_output.scheduled_new_reqs),
-                              "forward_s": 0.0, "draft_s": 0.0, "draft_sampling_s": 0.0})
+                              "forward_s": 0.0, "draft_s": 0.0, "draft_forward_s": 0.0})
             return execute_model(scheduler_output, *args, **kwargs)
 
         runner.execute_model = recorded_step
-        runner._model_forward = timed(runner._model_forward, "forward_s")
+        runner._model_forward = timed_model_call(runner._model_forward)
+        target = runner.get_model()
+        target.compute_logits = timed_model_call(target.compute_logits)
         drafter = getattr(runner, "drafter", None)
         if drafter is not None:
-            drafter.propose = timed(drafter.propose, "draft_s")
-            if hasattr(drafter, "_sample_draft_tokens"):
-                drafter._sample_draft_tokens = timed(drafter._sample_draft_tokens, "draft_sampling_s")
+            drafter.propose = timed_propose(drafter.propose)
+            draft_model = getattr(drafter, "model", None)
+            if draft_model is not None and draft_model is not target:
+                draft_model.forward = timed_model_call(draft_model.forward)
+                draft_model.compute_logits = timed_model_call(draft_model.compute_logits)
         runner._selfspec_steps = steps
 
     def selfspec_read_and_reset_step_timers(self, start: float, end: float) -> dict:
@@ -65,14 +93,14 @@ class BenchWorkerExtension:
         """
         steps = self.model_runner._selfspec_steps
         totals = {f"{phase}_{key}": 0.0 for phase in ("prefill", "decode")
-                  for key in ("steps", "s", "forward_s", "draft_s", "draft_sampling_s")}
+                  for key in ("steps", "s", "forward_s", "draft_s", "draft_forward_s")}
         for index, step in enumerate(steps):
             begin = start if index == 0 else step["start"]
             finish = steps[index + 1]["start"] if index + 1 < len(steps) else end
             phase = "prefill" if step["prefill"] else "decode"
             totals[f"{phase}_steps"] += 1
             totals[f"{phase}_s"] += finish - begin
-            for key in ("forward_s", "draft_s", "draft_sampling_s"):
+            for key in ("forward_s", "draft_s", "draft_forward_s"):
                 totals[f"{phase}_{key}"] += step[key]
         steps.clear()
         totals["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

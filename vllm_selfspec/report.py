@@ -11,6 +11,7 @@ from vllm_selfspec.core.speed_model import (
     inputs_from_measurements,
     kept_compute_share,
     project,
+    speculative_decode_steps,
 )
 
 SLOWDOWN_FLAG = 0.98
@@ -67,7 +68,8 @@ def build_results(rows, engines: dict, settings, machine: dict, seconds: float) 
             if row.sampling == "greedy":
                 entry["identical_to_plain"] = sum(a == b for a, b in zip(row.token_ids, base.token_ids))
         if base is not None and k and row.drafts and row.timers["decode_steps"]:
-            _add_draft_cost_and_model(entry, row, base, k, _ideal_draft_share(row.method, engines[row.method]))
+            _add_draft_cost_and_model(entry, row, base, k, _ideal_draft_share(row.method, engines[row.method]),
+                                      settings.max_tokens)
         if row.method == "self_skip" and entry["speedup"] is not None:
             _flag_self_skip(entry)
         entries.append(entry)
@@ -77,26 +79,30 @@ def build_results(rows, engines: dict, settings, machine: dict, seconds: float) 
     }
 
 
-def _add_draft_cost_and_model(entry: dict, row, base, k: int, ideal: float | None) -> None:
+def _add_draft_cost_and_model(entry: dict, row, base, k: int, ideal: float | None, max_tokens: int) -> None:
     plain_times, spec_times = _decode_step_times(base), _decode_step_times(row)
     draft_step = spec_times.draft_s / k
     entry["draft_cost_ratio"] = draft_step / plain_times.target_forward_s if plain_times.target_forward_s else None
     entry["draft_cost_ideal"] = ideal
-    drafting = row.timers["decode_draft_s"]
-    entry["draft_sampling_share"] = row.timers["decode_draft_sampling_s"] / drafting if drafting else None
+    drafting, draft_forward = row.timers["decode_draft_s"], row.timers["decode_draft_forward_s"]
+    entry["draft_forward_ratio"] = (draft_forward / max(row.timers["decode_steps"], 1) / k
+                                    / plain_times.target_forward_s) if plain_times.target_forward_s else None
+    entry["draft_outside_model_share"] = 1 - draft_forward / drafting if drafting else None
     inputs = inputs_from_measurements(row.per_position_rates, plain_times, spec_times)
-    decode = inputs.predicted_speedup()
-    # A batch decodes until its slowest request is done; plain vLLM's requests (same length,
-    # ignore_eos) finish together. So a batch advances at its slowest request's rate.
-    slowest = min(row.request_acceptance_lengths, default=None)
-    if row.batch_size > 1 and slowest is not None:
-        decode *= slowest / inputs.expected_tokens_per_step
+    # Steps are discrete: each request takes ceil(tokens / E_i) speculative steps, a batch runs
+    # until its slowest request is done (plain vLLM's equal-length requests finish together),
+    # and batch-size-1 requests run one after another.
+    tokens = max_tokens - 1  # the first token comes from the prefill step
+    lengths = row.request_acceptance_lengths or [inputs.expected_tokens_per_step] * row.requests
+    batched = row.batch_size > 1
+    plain_steps = tokens if batched else tokens * row.requests
+    decode = inputs.predicted_decode_speedup(plain_steps, speculative_decode_steps(tokens, lengths, batched))
     # End to end: the measured prefill time, plus plain decoding's time shortened by the model.
     predicted_seconds = row.timers["prefill_s"] + base.timers["decode_s"] / decode
     entry["speed_model"] = {
         "draft_cost": inputs.draft_cost, "verify_cost": inputs.verify_cost, "overhead": inputs.overhead,
         "expected_tokens_per_step": inputs.expected_tokens_per_step,
-        "slowest_request_tokens_per_step": slowest,
+        "slowest_request_tokens_per_step": min(lengths),
         "predicted_decode_speedup": decode, "ceiling_decode_speedup": inputs.ceiling_speedup(),
         "measured_decode_speedup": (row.decode_tokens / row.timers["decode_s"])
         / (base.decode_tokens / base.timers["decode_s"]),
@@ -116,8 +122,10 @@ def _flag_self_skip(entry: dict) -> None:
     ratio, ideal = entry.get("draft_cost_ratio"), entry.get("draft_cost_ideal")
     if ratio and ideal and ratio > ideal * (1 + TOLERANCE):
         entry["flags"].append(
-            f"draft step {ratio / ideal - 1:+.0%} over ideal; draft sampling takes "
-            f"{entry['draft_sampling_share']:.0%} of drafting"
+            f"draft step {ratio / ideal - 1:+.0%} over ideal: the draft's forward and LM head take "
+            f"{entry['draft_forward_ratio']:.2f} of the plain forward (ideal {ideal:.2f}), and "
+            f"{entry['draft_outside_model_share']:.0%} of drafting is outside the model (draft sampling, "
+            "attention metadata, inputs)"
         )
 
 
@@ -206,22 +214,28 @@ def markdown(results: dict) -> str:
     lines += ["", "## Draft cost and the speed model", "",
               "All per decode step, as multiples of plain vLLM's decode step at the same batch size (prefill"
               " steps are timed apart). *Draft cost*: one draft step (the proposer's time per step / K) against"
-              " plain vLLM's target forward; its *ideal* is the share of the forward's compute (parameters of the"
-              " sublayers run, LM head included) the draft keeps; *draft sampling* is the share of drafting spent"
-              " sampling draft tokens. The speed model predicts the decode speedup E / (K·draft + verify +"
-              " overhead); a batch advances at its slowest request's rate, so for batches E is that request's"
-              " mean acceptance length (E slowest); the end-to-end prediction adds the measured prefill time to plain decoding's time"
-              " divided by that, and is compared with the measured end-to-end speedup.", "",
-              "| method | prompts | sampling | batch | draft cost (ideal) | draft sampling | verify | overhead | E (E slowest) "
+              " plain vLLM's target forward and LM head; its *ideal* is the share of that compute (parameters of"
+              " the sublayers run, LM head included) the draft keeps; *draft model* is the draft's own forward and"
+              " LM head on the same scale; *outside* is the share of drafting spent outside the model (draft"
+              " sampling, attention metadata, inputs). The speed model predicts the decode speedup as"
+              " plain steps / speculative steps / (K·draft + verify + overhead): request i needs ceil(tokens / E_i)"
+              " speculative steps, a batch runs until its slowest request (E slowest) is done, batch-size-1"
+              " requests add up; the end-to-end prediction adds the measured prefill time to plain decoding's time"
+              " divided by that, and is compared with the measured end-to-end speedup. With acceptance and costs measured"
+              " in the same run, the model reproduces a measurement when it counts steps right; what it adds is the"
+              " split of a step into drafting, verification and overhead (and the projections below). ngram is left"
+              " out: vLLM's acceptance counters skip the steps where it finds no draft.", "",
+              "| method | prompts | sampling | batch | draft cost (ideal) | draft model | outside | verify | overhead | E (E slowest) "
               "| decode: predicted / measured | end to end: predicted | measured | error |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         model = r.get("speed_model")
-        if not model:
+        if not model or r["method"] == "ngram":
             continue
         lines.append(
             f"| {r['method']} | {r['prompt_set']} | {r['sampling']} | {r['batch_size']} | "
-            f"{_fmt(r['draft_cost_ratio'])} ({_fmt(r['draft_cost_ideal'])}) | {_fmt(r['draft_sampling_share'], '{:.0%}')} | "
+            f"{_fmt(r['draft_cost_ratio'])} ({_fmt(r['draft_cost_ideal'])}) | {_fmt(r['draft_forward_ratio'])} | "
+            f"{_fmt(r['draft_outside_model_share'], '{:.0%}')} | "
             f"{model['verify_cost']:.2f} | {model['overhead']:.2f} | {model['expected_tokens_per_step']:.2f}"
             f"{'' if model['slowest_request_tokens_per_step'] is None or r['batch_size'] == 1 else ' (%.2f)' % model['slowest_request_tokens_per_step']} | "
             f"{model['predicted_decode_speedup']:.2f}× / {model['measured_decode_speedup']:.2f}× | "

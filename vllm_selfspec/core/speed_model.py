@@ -16,6 +16,7 @@ which on a small model on a CPU is far from negligible.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,9 +65,25 @@ class SpeedModelInputs:
         """Tokens per second relative to plain decoding."""
         return self.expected_tokens_per_step / self.step_cost
 
+    def predicted_decode_speedup(self, plain_steps: int, speculative_steps: int) -> float:
+        """Decode speedup when plain decoding takes ``plain_steps`` and speculation ``speculative_steps``."""
+        return plain_steps / speculative_steps / self.step_cost
+
     def ceiling_speedup(self) -> float:
         """The speedup if every draft were accepted, at the same costs."""
         return (self.num_speculative_tokens + 1) / self.step_cost
+
+
+def speculative_decode_steps(tokens_per_request: int, acceptance_lengths: Sequence[float], batched: bool) -> int:
+    """Speculative steps to decode ``tokens_per_request`` tokens for each request.
+
+    Request i needs ceil(tokens / E_i) steps (the last step is cut at the token limit).
+    A batch runs until its slowest request is done; requests sent one at a time add up.
+    """
+    if not acceptance_lengths:
+        raise ValueError("need at least one request's mean acceptance length")
+    steps = [math.ceil(tokens_per_request / length - 1e-9) for length in acceptance_lengths]
+    return max(steps) if batched else sum(steps)
 
 
 @dataclass(frozen=True)
