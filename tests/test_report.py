@@ -53,7 +53,9 @@ def test_speedups_speed_model_and_flags(tmp_path):
     assert model["predicted_decode_speedup"] == pytest.approx(2.0 / (0.014 / 0.010))
     assert model["measured_decode_speedup"] == pytest.approx((8 / 0.056) / (8 / 0.08))
     assert model["predicted_speedup"] == pytest.approx(bs1["speedup"])  # end to end, prefill included
-    assert bs1["flags"] == []
+    # Faster than plain, but its draft step is far cheaper than its compute share: flagged, explained.
+    assert [f[:35] for f in bs1["flags"]] == ["draft step -56% against its ideal: "]
+    assert "0.30 of the plain forward (ideal 0.90" in bs1["flags"][0]
     # One draft step = 3 ms against a 7.5 ms plain forward; the draft keeps 1 - 10/100 of the compute.
     assert bs1["draft_cost_ratio"] == pytest.approx(0.003 / 0.0075)
     assert bs1["draft_cost_ideal"] == pytest.approx(0.9)

@@ -120,11 +120,12 @@ def _flag_self_skip(entry: dict) -> None:
         if abs(error) > TOLERANCE:
             entry["flags"].append(f"speed model off by {error:+.0%}")
     ratio, ideal = entry.get("draft_cost_ratio"), entry.get("draft_cost_ideal")
-    if ratio and ideal and ratio > ideal * (1 + TOLERANCE):
+    if ratio and ideal and abs(ratio / ideal - 1) > TOLERANCE:
         entry["flags"].append(
-            f"draft step {ratio / ideal - 1:+.0%} over ideal: the draft's forward and LM head take "
-            f"{entry['draft_forward_ratio']:.2f} of the plain forward (ideal {ideal:.2f}), and "
-            f"{entry['draft_outside_model_share']:.0%} of drafting is outside the model (draft sampling, "
+            f"draft step {ratio / ideal - 1:+.0%} against its ideal: the draft's forward and LM head take "
+            f"{entry['draft_forward_ratio']:.2f} of the plain forward (ideal {ideal:.2f}, by parameter share; "
+            "a sublayer's share of time differs from its share of parameters, attention reading the KV cache), "
+            f"and {entry['draft_outside_model_share']:.0%} of drafting is outside the model (draft sampling, "
             "attention metadata, inputs)"
         )
 
