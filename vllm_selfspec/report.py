@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 from vllm_selfspec.core.speed_model import (
@@ -265,6 +266,11 @@ def _find(rows, method, prompt_set, sampling, batch):
                  == (method, prompt_set, sampling, batch)), None)
 
 
+def settings_k(rows: list[dict]) -> int:
+    """The longest draft length among the rows."""
+    return max((len(r["per_position_acceptance"]) for r in rows), default=0)
+
+
 def plots(results: dict, out: Path) -> list[Path]:
     """Speedup against batch size per method, and acceptance per position; PNG files."""
     import matplotlib
@@ -276,15 +282,13 @@ def plots(results: dict, out: Path) -> list[Path]:
     sets = list(s["prompt_sets"])
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
     for ax, prompt_set in zip(axes[0], sets):
-        for method in s["methods"]:
-            if method == "plain":
-                continue
+        for color, method in enumerate(m for m in s["methods"] if m != "plain"):
             for sampling in s["sampling"]:
                 points = [(r["batch_size"], r["speedup"]) for r in rows
                           if (r["method"], r["prompt_set"], r["sampling"]) == (method, prompt_set, sampling) and r["speedup"]]
                 if points:
                     ax.plot(*zip(*points), marker="o", linestyle="-" if sampling == "greedy" else "--",
-                            label=f"{method} ({sampling})")
+                            color=f"C{color}", label=f"{method} ({sampling})")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.axhline(SLOWDOWN_FLAG, color="red", linewidth=0.6, linestyle=":")
         ax.set_xscale("log", base=2)
@@ -293,13 +297,13 @@ def plots(results: dict, out: Path) -> list[Path]:
         ax.set_ylabel("speedup over plain vLLM")
         ax.set_title(prompt_set)
         ax.legend(fontsize=7)
-    fig.suptitle("Speedup against batch size\n" + _label(results), fontsize=8)
+    fig.suptitle("Speedup against batch size\n" + textwrap.fill(_label(results), 140), fontsize=8)
     fig.tight_layout()
     speedup_path = out / "speedup_vs_batch_size.png"
     fig.savefig(speedup_path, dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     methods = [m for m in s["methods"] if m != "plain"]
     width = 0.8 / max(len(methods), 1)
     for index, method in enumerate(methods):
@@ -309,11 +313,13 @@ def plots(results: dict, out: Path) -> list[Path]:
         k = len(greedy[0]["per_position_acceptance"])
         mean = [sum(r["per_position_acceptance"][i] for r in greedy) / len(greedy) for i in range(k)]
         ax.bar([i + 1 + (index - (len(methods) - 1) / 2) * width for i in range(k)], mean, width, label=method)
+    ax.set_xticks(range(1, settings_k(rows) + 1))
     ax.set_xlabel("draft position k")
     ax.set_ylabel("share of drafts with the first k tokens accepted")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    ax.set_title("Acceptance per position (greedy, mean over workloads)\n" + _label(results), fontsize=8)
+    ax.set_title("Acceptance per position (greedy, mean over workloads)\n" + textwrap.fill(_label(results), 100),
+                 fontsize=8)
     fig.tight_layout()
     acceptance_path = out / "acceptance_per_position.png"
     fig.savefig(acceptance_path, dpi=110)
