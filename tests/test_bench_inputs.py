@@ -23,6 +23,7 @@ def _args(tmp_path, *argv):
         (["--prompt-sets", "/no/such/prompts.jsonl"], "--prompt-sets: prompts: file '/no/such/prompts.jsonl' does not exist"),
         (["--sampling", "beam"], "--sampling: choose from greedy, random"),
         (["--max-tokens", "-3"], "--max-tokens: must be at least 1"),
+        (["--max-tokens", "0"], "--max-tokens: must be at least 1, got 0"),
         (["--num-speculative-tokens", "0"], "--num-speculative-tokens: must be at least 1"),
         (["--skip-profile", "/no/such/profile.json"], "--skip-profile: file '/no/such/profile.json' does not exist"),
     ],

@@ -94,7 +94,7 @@ def validate(args: argparse.Namespace) -> BenchSettings:
     sampling = _csv(args.sampling or defaults["sampling"])
     if not sampling or any(s not in SAMPLING for s in sampling):
         raise BenchInputError(f"--sampling: choose from {', '.join(SAMPLING)}, got {args.sampling!r}")
-    max_tokens = args.max_tokens or defaults["max_tokens"]
+    max_tokens = defaults["max_tokens"] if args.max_tokens is None else args.max_tokens
     if max_tokens < 1:
         raise BenchInputError(f"--max-tokens: must be at least 1, got {max_tokens}")
     if args.num_speculative_tokens < 1:
@@ -233,13 +233,14 @@ def run_method(method: str, settings: BenchSettings, log=print) -> tuple[list[Ro
                 end = time.perf_counter()
                 seconds += end - start
                 reading = llm.collective_rpc("selfspec_read_and_reset_step_timers", args=(start, end))[0]
+                peak_rss_mib = reading.pop("peak_rss_mib")
                 timers = {key: timers.get(key, 0) + value for key, value in reading.items()}
             counts = SpecDecodeCounts.read(llm).minus(before)
             token_ids = [list(o.outputs[0].token_ids) for o in outputs]
             row = Row(
                 method=method, prompt_set=name, sampling=sampling, batch_size=batch_size,
                 requests=len(outputs), output_tokens=sum(map(len, token_ids)), seconds=seconds,
-                timers=timers, peak_rss_mib=reading["peak_rss_mib"],
+                timers=timers, peak_rss_mib=peak_rss_mib,
                 drafts=counts.drafts, draft_tokens=counts.draft_tokens, accepted_tokens=counts.accepted_tokens,
                 per_position_rates=counts.per_position_rates, token_ids=token_ids,
                 request_acceptance_lengths=[

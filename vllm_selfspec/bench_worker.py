@@ -3,7 +3,7 @@
 The methods become methods of every worker, so the bench calls them by name with
 ``LLM.collective_rpc``. They wrap the runner's own calls with timers and change
 nothing else. Each engine step is recorded with its start time, whether it prefills
-(it schedules a new request), and the time spent in the target's forward and LM head,
+(it starts a request or carries a prompt chunk), and the time spent in the target's forward and LM head,
 in the proposer's ``propose``, and in the draft model's forward and LM head.
 """
 
@@ -64,10 +64,17 @@ class BenchWorkerExtension:
             return wrapper
 
         execute_model = runner.execute_model
+        spec = runner.speculative_config
+        decode_tokens_per_request = 1 + (spec.num_speculative_tokens if spec is not None else 0)
 
         def recorded_step(scheduler_output, *args, **kwargs):
-            if scheduler_output.total_num_scheduled_tokens:
-                steps.append({"start": time.perf_counter(), "prefill": bool(scheduler_output.scheduled_new_reqs),
+            scheduled = scheduler_output.total_num_scheduled_tokens
+            if scheduled:
+                # A step prefills if it starts a request or carries a prompt chunk (more tokens
+                # than a decode step schedules).
+                prefill = bool(scheduler_output.scheduled_new_reqs) or (
+                    scheduled > len(scheduler_output.num_scheduled_tokens) * decode_tokens_per_request)
+                steps.append({"start": time.perf_counter(), "prefill": prefill,
                               "forward_s": 0.0, "draft_s": 0.0, "draft_forward_s": 0.0})
             return execute_model(scheduler_output, *args, **kwargs)
 
