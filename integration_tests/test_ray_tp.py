@@ -13,6 +13,7 @@ import os
 import pytest
 from vllm import SamplingParams
 
+from integration_tests.helpers import removing_leaked_cpu_shm
 from vllm_selfspec.engine_runs import chat_prompts, make_llm, release
 from vllm_selfspec.glue.patches import RAY_ON_CPU_TEST_SHIM_ENV_VAR
 from vllm_selfspec.prompts import load_prompt_set
@@ -42,7 +43,7 @@ def ray_cluster():
     """A local Ray cluster on loopback with two logical slots, the test-only shim switched on."""
     import ray
 
-    with pytest.MonkeyPatch.context() as env:
+    with pytest.MonkeyPatch.context() as env, removing_leaked_cpu_shm():
         env.setenv(RAY_ON_CPU_TEST_SHIM_ENV_VAR, "1")
         env.setenv("VLLM_CPU_OMP_THREADS_BIND", omp_binding_for_two_ranks())
         context = ray.init(
