@@ -9,6 +9,7 @@ in the proposer's ``propose``, and in the draft model's forward and LM head.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 
@@ -32,34 +33,38 @@ class BenchWorkerExtension:
         state = {"drafting": False, "depth": 0}
         synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
+        @contextlib.contextmanager
+        def adding_time_to(key):
+            synchronize()
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                synchronize()
+                if steps:
+                    steps[-1][key] += time.perf_counter() - start
+
         def timed_model_call(function):
             def wrapper(*args, **kwargs):
                 if state["depth"] or not steps:  # a nested call is already being timed
                     return function(*args, **kwargs)
                 state["depth"] += 1
-                synchronize()
-                start = time.perf_counter()
                 try:
-                    return function(*args, **kwargs)
+                    with adding_time_to("draft_forward_s" if state["drafting"] else "forward_s"):
+                        return function(*args, **kwargs)
                 finally:
-                    synchronize()
                     state["depth"] -= 1
-                    steps[-1]["draft_forward_s" if state["drafting"] else "forward_s"] += time.perf_counter() - start
 
             return wrapper
 
         def timed_propose(function):
             def wrapper(*args, **kwargs):
                 state["drafting"] = True
-                synchronize()
-                start = time.perf_counter()
                 try:
-                    return function(*args, **kwargs)
+                    with adding_time_to("draft_s"):
+                        return function(*args, **kwargs)
                 finally:
-                    synchronize()
                     state["drafting"] = False
-                    if steps:
-                        steps[-1]["draft_s"] += time.perf_counter() - start
 
             return wrapper
 

@@ -49,15 +49,16 @@ def build_results(rows, engines: dict, settings, machine: dict, seconds: float) 
     for row in rows:
         base = plain.get((row.prompt_set, row.sampling, row.batch_size))
         k = (engines[row.method]["speculative_config"] or {}).get("num_speculative_tokens", 0)
+        times = _decode_step_times(row)
         entry = {
             "method": row.method, "prompt_set": row.prompt_set, "sampling": row.sampling,
             "batch_size": row.batch_size, "requests": row.requests, "output_tokens": row.output_tokens,
             "seconds": row.seconds, "tokens_per_s": row.tokens_per_s, "ms_per_output_token": row.ms_per_output_token,
             "prefill_steps": row.timers["prefill_steps"], "decode_steps": row.timers["decode_steps"],
             "prefill_s": row.timers["prefill_s"], "decode_s": row.timers["decode_s"],
-            "decode_step_ms": 1000 * _decode_step_times(row).step_s,
-            "target_forward_ms_per_decode_step": 1000 * _decode_step_times(row).target_forward_s,
-            "draft_ms_per_decode_step": 1000 * _decode_step_times(row).draft_s,
+            "decode_step_ms": 1000 * times.step_s,
+            "target_forward_ms_per_decode_step": 1000 * times.target_forward_s,
+            "draft_ms_per_decode_step": 1000 * times.draft_s,
             "peak_worker_rss_mib": row.peak_rss_mib,
             "mean_acceptance_length": row.mean_acceptance_length if row.drafts else None,
             "acceptance_rate": row.accepted_tokens / row.draft_tokens if row.draft_tokens else None,
