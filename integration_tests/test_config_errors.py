@@ -55,12 +55,39 @@ def test_other_methods_are_untouched(tiny_llama):
         ({"skip_atn": [1]}, "skip_atn", "did you mean 'skip_attn'"),
         ({"skip_profile": "/nonexistent.json"}, "skip_profile", "does not exist"),
         ({"model": "some/draft-model"}, "speculative_config.model", "drafts with the target model"),
+        ({"draft_vocab_size": 10**6}, "draft_vocab_size", "larger than the model's vocabulary"),
+        ({"draft_exit_target_acceptance": 1.5}, "draft_exit_target_acceptance", "strictly between 0 and 1"),
+        ({"adaptive_exit": "sometimes"}, "adaptive_exit", "valid boolean"),
+        ({"num_speculative_tokens_per_batch_size": [[4, 8, 2]]}, "num_speculative_tokens_per_batch_size",
+         "must start at batch size 1"),
+        ({"draft_vocab_sizee": 10}, "draft_vocab_sizee", "did you mean 'draft_vocab_size'"),
     ],
 )
 def test_bad_self_skip_options(tiny_llama, spec, field, words):
     with pytest.raises(ValueError) as info:
         build_config(tiny_llama, {"method": "self_skip", **spec})
     assert field in str(info.value) and words in str(info.value)
+
+
+def test_schedule_that_never_drafts_means_plain_vllm(tiny_llama, tmp_path):
+    from transformers import AutoConfig
+
+    from vllm_selfspec.glue.identity import identity_from_hf_config
+
+    identity = identity_from_hf_config(tiny_llama, AutoConfig.from_pretrained(tiny_llama))
+    path = tmp_path / "never.json"
+    save_profile(SkipProfile(model=identity, skip_attn=[1], skip_mlp=[], num_speculative_tokens=3,
+                             num_speculative_tokens_per_batch_size=[(1, 8, 0)]), path)
+    assert build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path)}).speculative_config is None
+    # The user's own schedule wins over the profile's.
+    config = build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path),
+                                       "num_speculative_tokens_per_batch_size": [[1, 1, 3]]}).speculative_config
+    assert config.method == "self_skip" and config.num_speculative_tokens_per_batch_size == [(1, 1, 3)]
+
+
+def test_draft_head_under_tensor_parallelism_is_refused(tiny_llama):
+    with pytest.raises(ValueError, match="draft_vocab_size=64: the cheap draft head needs tensor_parallel_size=1"):
+        build_config(tiny_llama, {"method": "self_skip", "draft_vocab_size": 64}, tensor_parallel_size=2)
 
 
 def test_draft_length_below_one(tiny_llama):

@@ -15,7 +15,8 @@ from vllm_selfspec.prompts import load_prompt_set
 
 pytestmark = pytest.mark.engine
 
-SELF_SKIP = {"method": "self_skip", "num_speculative_tokens": 4}
+SELF_SKIP = {"method": "self_skip", "num_speculative_tokens": 4, "num_speculative_tokens_per_batch_size": [[1, 1, 4]]}
+"""The shipped profile (cheap head, exit rule) with drafting held on at every batch size."""
 FEATURE_ENGINE = dict(
     dtype="float32",
     enforce_eager=True,

@@ -1,6 +1,7 @@
 """Greedy self_skip output is token-identical to plain vLLM on the default model.
 
-float32: exact identity, batched and one request at a time, K in {1, 4, 8}.
+float32: exact identity, batched and one request at a time, K in {1, 4, 8}; and with
+the cheap draft head, adaptive exit and a batch-size schedule on.
 bfloat16: plain vLLM itself is not batch-invariant, so every divergence must sit at
 a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON).
 Both compilation modes: vLLM's default (torch.compile) and enforce_eager.
@@ -35,9 +36,19 @@ def plain_f32(default_model, mode):
     return run
 
 
+FIXED_LENGTH_FULL_HEAD = {"adaptive_exit": False, "draft_vocab_size": 0}
+"""The draft without issue 3's mechanisms, so every draft runs K tokens."""
+
+
+def _drafting_at_every_batch_size(k: int) -> dict:
+    """Hold K at every batch size (the shipped schedule may turn drafting off for batches)."""
+    return {"num_speculative_tokens_per_batch_size": [[1, 1, k]]}
+
+
 @pytest.mark.parametrize("k", [1, 4, 8])
 def test_float32_greedy_identical(default_model, mode, plain_f32, k):
-    run = greedy_run(default_model, {"method": "self_skip", "num_speculative_tokens": k},
+    run = greedy_run(default_model, {"method": "self_skip", "num_speculative_tokens": k, **FIXED_LENGTH_FULL_HEAD,
+                                     **_drafting_at_every_batch_size(k)},
                      dtype="float32", **COMPILATION_MODES[mode])
     assert len(run.batched) == 16 and any(len(t) == 128 for t in run.batched)
     for i, (ref, got) in enumerate(zip(plain_f32.batched, run.batched)):
@@ -48,6 +59,27 @@ def test_float32_greedy_identical(default_model, mode, plain_f32, k):
     assert run.spec.drafts > 0 and run.spec.draft_tokens == k * run.spec.drafts
     assert len(run.spec.accepted_per_position) == k
     assert 0 < run.spec.accepted_tokens == sum(run.spec.accepted_per_position)
+
+
+def test_float32_greedy_identical_with_every_mechanism_on(default_model, mode, plain_f32):
+    """Cheap draft head and adaptive exit, with K held, and with a schedule that drafts only
+    for single requests (batched steps then run with K=0 inside the speculative engine)."""
+    k = 6
+    on = {"method": "self_skip", "num_speculative_tokens": k, "draft_vocab_size": 4096, "adaptive_exit": True}
+    held = greedy_run(default_model, {**on, **_drafting_at_every_batch_size(k)}, dtype="float32",
+                      **COMPILATION_MODES[mode])
+    guarded = greedy_run(default_model, {**on, "num_speculative_tokens_per_batch_size": [[1, 1, k], [2, 256, 0]]},
+                         dtype="float32", **COMPILATION_MODES[mode])
+    for name, run in (("held K", held), ("K only at batch size 1", guarded)):
+        for i, (ref, got) in enumerate(zip(plain_f32.batched, run.batched)):
+            assert got == ref, f"{name}: prompt {i} (batched) diverges at token {first_difference(ref, got)}"
+        for i, (ref, got) in enumerate(zip(plain_f32.single, run.single)):
+            assert got == ref, f"{name}: prompt {i} (single) diverges at token {first_difference(ref, got)}"
+        # Adaptive exit ended some drafts early, and drafting did happen.
+        assert run.spec.drafts > 0 and run.spec.draft_tokens < k * run.spec.drafts
+        assert 0 < run.spec.accepted_tokens <= run.spec.draft_tokens
+    # The schedule kept batched steps from drafting: fewer drafts than with K held.
+    assert guarded.spec.drafts < held.spec.drafts
 
 
 def test_bfloat16_divergences_are_near_ties(default_model, mode):

@@ -55,10 +55,19 @@ def _homogeneity_p_value(a: list[int], b: list[int]) -> float:
     return chi2_contingency(table).pvalue
 
 
-def test_sampled_distribution_matches_plain(default_model):
-    plain, _ = _samples(default_model, None)
+@pytest.fixture(scope="module")
+def plain_samples(default_model):
+    return _samples(default_model, None)[0]
+
+
+@pytest.mark.parametrize("mechanisms", [
+    {"adaptive_exit": False},
+    {"draft_vocab_size": 4096, "adaptive_exit": True, "draft_exit_target_acceptance": 0.5},
+], ids=["full-head-fixed-length", "cheap-head-adaptive-exit"])
+def test_sampled_distribution_matches_plain(default_model, plain_samples, mechanisms):
+    plain = plain_samples
     self_skip, spec = _samples(default_model, {"method": "self_skip", "num_speculative_tokens": 3,
-                                                **MIDDLE_SKIP})
+                                                **MIDDLE_SKIP, **mechanisms})
     # Both branches of rejection sampling must be exercised: accepted drafts, and
     # rejected ones replaced by a sample from the residual distribution. Acceptance
     # near 4% means verification sampled from near-uniform target probabilities

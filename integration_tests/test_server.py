@@ -25,13 +25,18 @@ COMMON = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
           "--kv-cache-memory-bytes", str(256 << 20), "--seed", "0"]
 
 
+SELF_SKIP_K4 = ["--speculative-model", "self-skip", "--num-speculative-tokens", "4",
+                "--speculative-config", '{"num_speculative_tokens_per_batch_size": [[1, 1, 4]]}']
+"""self_skip with K=4 held at every batch size: the shipped profile's schedule, measured on
+this CPU, may turn drafting off, and these tests check the drafts themselves."""
+
+
 @pytest.fixture(scope="module")
 def servers(default_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("server-logs")
     info = {"VLLM_LOGGING_LEVEL": "INFO"}
     plain = VllmServer(default_model, *COMMON, log_path=logs / "plain.log", env=info)
-    self_skip = VllmServer(default_model, *COMMON, "--speculative-model", "self-skip",
-                           "--num-speculative-tokens", "4", log_path=logs / "self_skip.log", env=info)
+    self_skip = VllmServer(default_model, *COMMON, *SELF_SKIP_K4, log_path=logs / "self_skip.log", env=info)
     try:
         for server in (plain, self_skip):
             server.start()
@@ -85,7 +90,8 @@ def test_metrics_endpoint_counts_self_skip(servers, default_model):
     text = httpx.get(f"{servers['self_skip'].url}/metrics", timeout=30).text
     drafts = _metric(text, "vllm:spec_decode_num_drafts_total")
     assert drafts > 0
-    assert _metric(text, "vllm:spec_decode_num_draft_tokens_total") == 4 * drafts
+    # At most K=4 per draft; fewer where the shipped profile's adaptive exit ended a draft early.
+    assert 0 < _metric(text, "vllm:spec_decode_num_draft_tokens_total") <= 4 * drafts
     accepted = _metric(text, "vllm:spec_decode_num_accepted_tokens_total")
     positions = re.findall(r'^vllm:spec_decode_num_accepted_tokens_per_pos_total{[^}]*position="(\d)"[^}]*} (\S+)$',
                            text, re.M)
@@ -189,8 +195,7 @@ def _token_ids_and_top2(url: str, model: str, prompt: str, stream: bool) -> tupl
 def test_bfloat16_server_divergences_are_near_ties(default_model, tmp_path):
     args = ["--dtype", "bfloat16", *COMMON[2:]]
     plain = VllmServer(default_model, *args, log_path=tmp_path / "plain.log")
-    self_skip = VllmServer(default_model, *args, "--speculative-model", "self-skip",
-                           "--num-speculative-tokens", "4", log_path=tmp_path / "self_skip.log")
+    self_skip = VllmServer(default_model, *args, *SELF_SKIP_K4, log_path=tmp_path / "self_skip.log")
     try:
         for server in (plain, self_skip):
             server.start()

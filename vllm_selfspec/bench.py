@@ -179,7 +179,9 @@ def speculative_config(method: str, settings: BenchSettings) -> dict | None:
     if method == "plain":
         return None
     if method == "self_skip":
-        config = {"method": "self_skip", "num_speculative_tokens": k}
+        # K held at every batch size: the bench measures drafting itself; the profile's
+        # never-slower schedule is judged by `vllm-selfspec evaluate`.
+        config = {"method": "self_skip", "num_speculative_tokens": k, "num_speculative_tokens_per_batch_size": [[1, 1, k]]}
         if settings.skip_profile:
             config["skip_profile"] = settings.skip_profile
         return config

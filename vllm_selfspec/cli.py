@@ -1,4 +1,4 @@
-"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, bench, serve."""
+"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, bench, tune, evaluate, serve."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     demo_module.add_arguments(demo)
     bench = commands.add_parser("bench", help="plain, self_skip, ngram and draft_model side by side; report")
     bench_module.add_arguments(bench)
+    from vllm_selfspec import tune as tune_module
+
+    tune = commands.add_parser("tune", help="search a skip profile on measured tokens/s; write it")
+    tune_module.add_arguments(tune)
+    from vllm_selfspec import evaluate as evaluate_module
+
+    evaluate = commands.add_parser(
+        "evaluate", help="a profile against plain vLLM and fixed skip patterns on held-out prompts; report"
+    )
+    evaluate_module.add_arguments(evaluate)
     args = parser.parse_args(argv)
 
     if args.command == "prepare-model":
@@ -74,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             return bench_module.run_bench(args)
         except bench_module.BenchInputError as error:
             parser.exit(2, f"vllm-selfspec bench: error: {error}\n")
+    if args.command == "evaluate":
+        return evaluate_module.run_evaluate(args)
+    if args.command == "tune":
+        try:
+            return tune_module.run_tune(args)
+        except tune_module.TuneInputError as error:
+            parser.exit(2, f"vllm-selfspec tune: error: {error}\n")
     return demo_module.run_demo(args)
 
 

@@ -1,4 +1,8 @@
-"""``vllm-selfspec demo``: the same prompts through plain vLLM and through self_skip, side by side."""
+"""``vllm-selfspec demo``: the same prompts through plain vLLM and through self_skip, side by side.
+
+Each engine decodes the prompts one request at a time (where self-speculation pays)
+and then as one batch (where the profile's batch-size schedule may turn drafting off).
+"""
 
 from __future__ import annotations
 
@@ -19,15 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-profile", default=None)
 
 
-def _print_run(name: str, run) -> None:
-    print(f"{name:>10}: {run.output_tokens} tokens in {run.seconds:.2f} s = {run.tokens_per_s:.1f} tok/s")
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    """Run both engines; return 0 when the greedy outputs match token for token."""
+    """Run the engines; return 0 when every greedy output matches plain vLLM token for token."""
+    from transformers import AutoConfig
     from vllm import SamplingParams
 
-    from vllm_selfspec.engine_runs import chat_prompts, make_llm, release, timed_generate
+    from vllm_selfspec.core.resolve import resolve_self_skip
+    from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release, timed_generate
+    from vllm_selfspec.glue.identity import identity_from_hf_config
     from vllm_selfspec.model_prep import prepare_default_model
 
     model = args.model or str(prepare_default_model())
@@ -39,39 +42,48 @@ def run_demo(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     questions = load_prompt_set(args.prompts)[: args.num_prompts]
 
-    runs = {}
-    for name, speculative_config in (("plain", None), ("self_skip", spec)):
+    resolved = resolve_self_skip(
+        identity_from_hf_config(model, AutoConfig.from_pretrained(model)), max_model_len=2048,
+        skip_profile=args.skip_profile, num_speculative_tokens=args.num_speculative_tokens,
+    )
+    settings = (f"K={resolved.num_speculative_tokens}, {resolved.skip_set.describe()}, "
+                f"{resolved.describe_head_and_exit()} (from {resolved.source})")
+    held = [[1, 1, resolved.num_speculative_tokens]]
+    # The third engine holds K at every batch size, to show the drafts themselves even
+    # where the profile's schedule turns drafting off.
+    engines = {"plain": None, "self_skip": spec,
+               "self_skip, drafting held on": {**spec, "num_speculative_tokens_per_batch_size": held}}
+    results = {}
+    for name, speculative_config in engines.items():
         llm = make_llm(model, speculative_config, dtype=args.dtype, enforce_eager=args.eager)
         prompts = chat_prompts(llm, questions)
         timed_generate(llm, prompts[:2], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
-        runs[name] = timed_generate(llm, prompts, params)
-        if speculative_config is not None:
-            config = llm.llm_engine.vllm_config.speculative_config
-            settings = (
-                f"K={config.num_speculative_tokens}, skip_attn={config.skip_attn}, "
-                f"skip_mlp={config.skip_mlp} ({config.skip_source})"
-            )
+        before = SpecDecodeCounts.read(llm)
+        singles = [timed_generate(llm, [prompt], params) for prompt in prompts]
+        singles_counts = SpecDecodeCounts.read(llm).minus(before)
+        batch = timed_generate(llm, prompts, params)
+        results[name] = {"one at a time": (singles, singles_counts), f"batch of {len(prompts)}": ([batch], batch.spec)}
         release(llm)
 
-    plain, self_skip = runs["plain"], runs["self_skip"]
+    plain = results["plain"][f"batch of {len(questions)}"][0][0]
     for index, question in enumerate(questions):
-        same = plain.token_ids[index] == self_skip.token_ids[index]
-        print(f"\n[{index}] {question}")
-        print(f"  plain     : {plain.texts[index].strip()[:300]!r}")
-        print(f"  self_skip : {'(identical)' if same else repr(self_skip.texts[index].strip()[:300])}")
-    matches = sum(a == b for a, b in zip(plain.token_ids, self_skip.token_ids))
+        print(f"\n[{index}] {question}\n  {plain.texts[index].strip()[:300]!r}")
     print(f"\nmodel {model}, dtype {args.dtype}, {'eager' if args.eager else 'compiled'}, "
           f"greedy, {len(questions)} prompts, max_tokens {args.max_tokens}")
     print(f"self_skip settings: {settings}")
-    print(f"outputs identical: {matches}/{len(questions)}")
-    _print_run("plain", plain)
-    _print_run("self_skip", self_skip)
-    print(f"speed ratio self_skip/plain: {self_skip.tokens_per_s / plain.tokens_per_s:.3f}x")
-    spec_counts = self_skip.spec
-    print(
-        f"acceptance: {spec_counts.accepted_tokens}/{spec_counts.draft_tokens} draft tokens "
-        f"({spec_counts.acceptance_rate:.1%}), mean acceptance length "
-        f"{spec_counts.mean_acceptance_length:.2f} tokens/step, per position "
-        + ", ".join(f"{r:.2f}" for r in spec_counts.per_position_rates)
-    )
-    return 0 if matches == len(questions) else 1
+    identical = total = 0
+    for label in results["plain"]:
+        plain_runs = results["plain"][label][0]
+        plain_rate = sum(r.output_tokens for r in plain_runs) / sum(r.seconds for r in plain_runs)
+        print(f"{label}: plain {plain_rate:.1f} tok/s")
+        for name in list(engines)[1:]:
+            runs, counts = results[name][label]
+            rate = sum(r.output_tokens for r in runs) / sum(r.seconds for r in runs)
+            same = sum(a.token_ids == b.token_ids for a, b in zip(runs, plain_runs)) if len(runs) > 1 else sum(
+                a == b for a, b in zip(runs[0].token_ids, plain_runs[0].token_ids))
+            identical, total = identical + same, total + len(questions)
+            print(f"  {name}: {rate:.1f} tok/s ({rate / plain_rate:.3f}x plain), outputs identical "
+                  f"{same}/{len(questions)}, accepted {counts.accepted_tokens}/{counts.draft_tokens} draft "
+                  f"tokens ({counts.acceptance_rate:.1%}), {counts.mean_acceptance_length:.2f} tokens per step")
+    print(f"outputs identical to plain vLLM: {identical}/{total}")
+    return 0 if identical == total else 1

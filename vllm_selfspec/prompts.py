@@ -10,6 +10,9 @@ SHIPPED_PROMPT_SETS = {
     "chat": DATA_DIR / "chat_prompts.jsonl",
     "summarization": DATA_DIR / "summarization_prompts.jsonl",
 }
+CALIBRATION_PROMPTS = DATA_DIR / "calibration_prompts.jsonl"
+"""``vllm-selfspec tune``'s default prompts; kept apart from every benchmark set, so tuned
+profiles are judged on prompts they were not tuned on."""
 
 
 class PromptSetError(ValueError):

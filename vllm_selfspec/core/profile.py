@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
 
+from vllm_selfspec.core.adaptive_exit import DEFAULT_TARGET_ACCEPTANCE, check_target_acceptance
+from vllm_selfspec.core.draft_vocab import check_draft_vocab_size
 from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet
 
-PROFILE_FORMAT_VERSION = 1
+PROFILE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+"""Version 2 added the draft head, adaptive exit and batch-size schedule; version-1 files read as before."""
 SHIPPED_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 
@@ -35,7 +40,7 @@ class ModelIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Measurement(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Figures measured when a profile was tuned, side by side with plain vLLM."""
+    """Figures measured when a profile was tuned, side by side with decoding without drafts."""
 
     acceptance_rate: float
     """Accepted draft tokens per drafted token."""
@@ -43,9 +48,11 @@ class Measurement(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Tokens emitted per verification step (accepted drafts plus the bonus token)."""
     tokens_per_s: float
     baseline_tokens_per_s: float
-    """Plain vLLM on the same prompts in the same run."""
+    """Decoding without drafts on the same prompts in the same run (``tune``: K = 0 in its engine)."""
     draft_step_ms: float | None = None
     machine: str = ""
+    tokens_per_s_by_batch_size: dict[int, dict[int, float]] = {}
+    """Batch size → draft length K → tokens/s (K = 0: speculation off), behind the schedule."""
 
 
 class SearchSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -58,6 +65,12 @@ class SearchSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     calibration_prompts: str = ""
     max_tokens: int = 0
     seed: int = 0
+    objective: str = ""
+    """What each trial maximised, e.g. greedy batch-1 tokens/s through the vLLM engine."""
+    search_space: str = ""
+    enforce_eager: bool = False
+    study: str = ""
+    """The Optuna journal file a later ``tune`` run resumes from."""
 
 
 class SkipProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -68,6 +81,15 @@ class SkipProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     skip_mlp: list[int]
     num_speculative_tokens: int
     format_version: int = PROFILE_FORMAT_VERSION
+    draft_vocab_size: int = 0
+    """Tokens the draft's LM head scores (0: the full vocabulary)."""
+    draft_vocab_ranking: list[int] = []
+    """Token ids by measured frequency, most frequent first; the subset is taken from its head."""
+    adaptive_exit: bool = False
+    """Stop a request's draft early when the draft's top-1 probability falls under the threshold."""
+    draft_exit_target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE
+    num_speculative_tokens_per_batch_size: list[tuple[int, int, int]] | None = None
+    """vLLM's dynamic schedule ``(first batch size, last batch size, K)``; K = 0 turns drafting off."""
     measured: Measurement | None = None
     search: SearchSettings | None = None
     notes: str = ""
@@ -88,10 +110,10 @@ def load_profile(path: str | Path) -> SkipProfile:
         raise SelfSkipConfigError(f"skip_profile: {str(path)!r} is not a valid profile: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise SelfSkipConfigError(f"skip_profile: {str(path)!r} is not valid JSON: {exc}") from exc
-    if profile.format_version != PROFILE_FORMAT_VERSION:
+    if profile.format_version not in READABLE_FORMAT_VERSIONS:
         raise SelfSkipConfigError(
             f"skip_profile: {str(path)!r} has format_version {profile.format_version}; "
-            f"this vllm-selfspec reads version {PROFILE_FORMAT_VERSION}"
+            f"this vllm-selfspec reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
         )
     if profile.num_speculative_tokens < 1:
         raise SelfSkipConfigError(
@@ -100,6 +122,10 @@ def load_profile(path: str | Path) -> SkipProfile:
         )
     try:
         profile.skip_set()
+        check_draft_vocab_size(profile.draft_vocab_size, profile.model.vocab_size)
+        check_target_acceptance(profile.draft_exit_target_acceptance)
+        if profile.num_speculative_tokens_per_batch_size is not None:
+            check_batch_size_schedule(profile.num_speculative_tokens_per_batch_size)
     except SelfSkipConfigError as exc:
         raise SelfSkipConfigError(f"skip_profile {str(path)!r}: {exc}") from exc
     return profile
@@ -110,7 +136,10 @@ def save_profile(profile: SkipProfile, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(profile), indent=2) + b"\n")
+    text = msgspec.json.format(msgspec.json.encode(profile), indent=2).decode()
+    # Lists of numbers on one line each (a draft-vocabulary ranking holds thousands).
+    text = re.sub(r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+    tmp.write_text(text + "\n")
     tmp.replace(path)
 
 
@@ -121,3 +150,28 @@ def find_shipped_profile(identity: ModelIdentity) -> tuple[Path, SkipProfile] | 
         if not profile.model.mismatches(identity):
             return candidate, profile
     return None
+
+
+def check_batch_size_schedule(schedule: object) -> list[tuple[int, int, int]]:
+    """Validate ``num_speculative_tokens_per_batch_size`` as vLLM reads it: sorted, disjoint, from batch size 1."""
+    field = "num_speculative_tokens_per_batch_size"
+    if not isinstance(schedule, (list, tuple)) or not schedule:
+        raise SelfSkipConfigError(f"{field}: expected a non-empty list of (first, last, K), got {schedule!r}")
+    checked: list[tuple[int, int, int]] = []
+    previous_end = 0
+    for entry in schedule:
+        if (
+            not isinstance(entry, (list, tuple))
+            or len(entry) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry)
+        ):
+            raise SelfSkipConfigError(f"{field}: entry {entry!r} is not three integers (first, last, K)")
+        start, end, k = entry
+        if start <= previous_end or (not checked and start != 1) or end < start or k < 0:
+            raise SelfSkipConfigError(
+                f"{field}: entry {list(entry)} is out of order; ranges must start at batch size 1, "
+                "be sorted and disjoint, end at or after their start, and have K >= 0"
+            )
+        checked.append((start, end, k))
+        previous_end = end
+    return checked

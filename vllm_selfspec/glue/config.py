@@ -36,8 +36,16 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
     """Decoder-layer indices whose MLP sublayer the draft bypasses."""
     skip_profile: str | None = None
     """Path of a skip-profile JSON file made by ``vllm-selfspec tune``."""
+    draft_vocab_size: int | None = None
+    """Tokens the draft's LM head scores (0: full vocabulary); default from the profile."""
+    adaptive_exit: bool | None = None
+    """Stop each request's draft when its top-1 probability drops under the adaptive threshold."""
+    draft_exit_target_acceptance: float | None = None
+    """Acceptance rate the adaptive threshold steers toward (Draft & Verify: 0.85-0.90)."""
     skip_source: str = ""
     """Where the skip set came from; filled in at construction, for logs."""
+    draft_vocab: list[int] | None = None
+    """The resolved draft-head token ids (ascending); filled in at construction."""
 
     def __post_init__(self) -> None:
         if self.method != SELF_SKIP_METHOD:
@@ -79,21 +87,49 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
             skip_mlp=self.skip_mlp,
             skip_profile=self.skip_profile,
             num_speculative_tokens=self.num_speculative_tokens,
+            draft_vocab_size=self.draft_vocab_size,
+            adaptive_exit=self.adaptive_exit,
+            draft_exit_target_acceptance=self.draft_exit_target_acceptance,
+            batch_size_schedule=self.num_speculative_tokens_per_batch_size,
         )
+        if resolved.draft_vocab and self.target_parallel_config.tensor_parallel_size > 1:
+            raise SelfSkipConfigError(
+                f"draft_vocab_size={len(resolved.draft_vocab)}: the cheap draft head needs "
+                "tensor_parallel_size=1 (the LM head is split across ranks); set draft_vocab_size=0"
+            )
         self.skip_attn = list(resolved.skip_set.attn)
         self.skip_mlp = list(resolved.skip_set.mlp)
         self.num_speculative_tokens = resolved.num_speculative_tokens
         self.skip_source = resolved.source
+        self.draft_vocab = list(resolved.draft_vocab)
+        self.draft_vocab_size = len(resolved.draft_vocab)
+        self.adaptive_exit = resolved.adaptive_exit
+        self.draft_exit_target_acceptance = resolved.draft_exit_target_acceptance
+        self.num_speculative_tokens_per_batch_size = resolved.batch_size_schedule
         self.model = target.model
         self.draft_model_config = target
         self.draft_parallel_config = self.target_parallel_config
         self.draft_tensor_parallel_size = self.target_parallel_config.tensor_parallel_size
+        if self.never_drafts():
+            logger.warning(
+                "self_skip: num_speculative_tokens_per_batch_size %s turns drafting off at every batch "
+                "size (where it was measured, drafting did not beat decoding without drafts), so vLLM "
+                "runs without speculative decoding. Run `vllm-selfspec tune` on this machine, or set "
+                "num_speculative_tokens_per_batch_size to draft anyway.",
+                self.num_speculative_tokens_per_batch_size,
+            )
         logger.info(
-            "self_skip: K=%d, %s (from %s)",
+            "self_skip: K=%d, %s, %s (from %s)",
             self.num_speculative_tokens,
             resolved.skip_set.describe(),
+            resolved.describe_head_and_exit(),
             resolved.source,
         )
+
+    def never_drafts(self) -> bool:
+        """Whether the batch-size schedule asks for no drafts at any batch size."""
+        schedule = self.num_speculative_tokens_per_batch_size
+        return schedule is not None and all(k == 0 for _, _, k in schedule)
 
     def skip_set(self) -> SkipSet:
         """The resolved skip set."""

@@ -27,7 +27,7 @@ class LayerSkipDraftModel(nn.Module):
     through vLLM's forward context, exactly as in the target's forward pass.
     """
 
-    def __init__(self, target: nn.Module, skip_set: SkipSet):
+    def __init__(self, target: nn.Module, skip_set: SkipSet, draft_vocab: list[int] | tuple[int, ...] = ()):
         super().__init__()
         decoder = getattr(target, "model", None)
         layers = getattr(decoder, "layers", None)
@@ -49,6 +49,26 @@ class LayerSkipDraftModel(nn.Module):
                 self._sublayers.append((layer.input_layernorm, layer.self_attn, True))
             if skip_set.runs_mlp(index):
                 self._sublayers.append((layer.post_attention_layernorm, layer.mlp, False))
+        self.draft_vocab_ids: torch.Tensor | None = None
+        self.draft_head_weight: torch.Tensor | None = None
+        if draft_vocab:
+            self._build_draft_head(list(draft_vocab))
+
+    def _build_draft_head(self, draft_vocab: list[int]) -> None:
+        """Copy the LM-head rows of ``draft_vocab``: the only memory the draft adds (len × hidden)."""
+        lm_head = getattr(self.target, "lm_head", None)
+        weight = getattr(lm_head, "weight", None)
+        processor = getattr(self.target, "logits_processor", None)
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or processor is None:
+            raise SelfSkipConfigError(
+                f"draft_vocab_size: {type(self.target).__name__}'s LM head is not a plain weight "
+                "matrix (quantized?); set draft_vocab_size=0"
+            )
+        if getattr(lm_head, "bias", None) is not None:
+            raise SelfSkipConfigError("draft_vocab_size: LM heads with a bias are not supported; set it to 0")
+        self.vocab_size = processor.org_vocab_size
+        self.draft_vocab_ids = torch.tensor(draft_vocab, dtype=torch.long, device=weight.device)
+        self.draft_head_weight = weight.detach().index_select(0, self.draft_vocab_ids).contiguous()
 
     def forward(
         self,
@@ -67,6 +87,26 @@ class LayerSkipDraftModel(nn.Module):
         hidden, _ = decoder.norm(delta, residual)
         return hidden
 
+    def compute_draft_head_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Logits over the draft vocabulary only (columns in ``draft_vocab_ids`` order)."""
+        processor = self.target.logits_processor
+        logits = torch.nn.functional.linear(hidden_states, self.draft_head_weight)
+        if processor.soft_cap is not None:
+            logits = torch.tanh(logits / processor.soft_cap) * processor.soft_cap
+        if processor.scale != 1.0:
+            logits = logits * processor.scale
+        return logits
+
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Logits from the target's own LM head."""
-        return self.target.compute_logits(hidden_states)
+        """Logits over the full vocabulary: the target's LM head, or the draft head's subset.
+
+        With a draft vocabulary only its rows are computed; every other token gets
+        ``-inf``, so greedy drafts and draft probabilities never pick one. Verification
+        still scores the full vocabulary, so output is unchanged.
+        """
+        if self.draft_head_weight is None:
+            return self.target.compute_logits(hidden_states)
+        subset_logits = self.compute_draft_head_logits(hidden_states)
+        logits = subset_logits.new_full((hidden_states.shape[0], self.vocab_size), float("-inf"))
+        logits[:, self.draft_vocab_ids] = subset_logits
+        return logits

@@ -17,12 +17,18 @@ SUPPORTED_ARCHITECTURES = (
 
 def model_identity(model_config) -> ModelIdentity:
     """The identity of the model behind a vLLM ``ModelConfig``."""
-    hf = model_config.hf_text_config
-    architectures = list(getattr(model_config, "architectures", None) or [])
+    return identity_from_hf_config(
+        str(model_config.model), model_config.hf_text_config, getattr(model_config, "architectures", None)
+    )
+
+
+def identity_from_hf_config(model: str, hf, architectures: list[str] | None = None) -> ModelIdentity:
+    """The identity of ``model`` from its Hugging Face config (no engine needed)."""
+    architectures = list(architectures or getattr(hf, "architectures", None) or [])
     architecture = architectures[0] if architectures else type(hf).__name__
     num_heads = hf.num_attention_heads
     return ModelIdentity(
-        name=PurePath(str(model_config.model).rstrip("/")).name,
+        name=PurePath(model.rstrip("/")).name,
         architecture=architecture,
         num_layers=hf.num_hidden_layers,
         hidden_size=hf.hidden_size,

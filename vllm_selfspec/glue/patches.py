@@ -58,7 +58,8 @@ class PatchEngineArgs(VllmPatch):
     vLLM 0.32 also dropped ``--speculative-model``/``--num-speculative-tokens``.
     How: for a self_skip request only, vLLM's own ``create_speculative_config`` runs
     with ``SelfSkipSpeculativeConfig`` in place of ``SpeculativeConfig``; other methods
-    are untouched. ``add_cli_args`` adds ``self_skip`` to ``--spec-method``'s choices
+    are untouched. A self_skip config whose batch-size schedule drafts nothing at any
+    size becomes no speculative config at all (plain vLLM). ``add_cli_args`` adds ``self_skip`` to ``--spec-method``'s choices
     and restores the two older flags as aliases of ``--spec-method``/``--spec-model``
     and ``--spec-tokens``.
     Remove when: vLLM accepts out-of-tree speculative methods with their own options.
@@ -74,10 +75,15 @@ class PatchEngineArgs(VllmPatch):
         if isinstance(self.speculative_config, dict):
             reject_unknown_options(
                 {k.replace("-", "_"): v for k, v in self.speculative_config.items()},
-                {f.name for f in dataclasses.fields(SelfSkipSpeculativeConfig)} - {"skip_source"},
+                {f.name for f in dataclasses.fields(SelfSkipSpeculativeConfig)} - {"skip_source", "draft_vocab"},
             )
         with _module_attr(arg_utils, "SpeculativeConfig", SelfSkipSpeculativeConfig):
-            return original(self, target_model_config, target_parallel_config)
+            config = original(self, target_model_config, target_parallel_config)
+        if config.never_drafts():
+            # Drafting is off at every batch size: run plain vLLM, without the
+            # speculative machinery's per-step cost (SelfSkipSpeculativeConfig logged why).
+            return None
+        return config
 
     @staticmethod
     def add_cli_args(parser):

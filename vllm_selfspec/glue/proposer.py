@@ -16,7 +16,9 @@ from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 import vllm_selfspec
+from vllm_selfspec.core.adaptive_exit import AdaptiveDraftExit
 from vllm_selfspec.core.ranks import check_ranks_agree
+from vllm_selfspec.core.skip_set import SkipSet
 from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
@@ -36,11 +38,26 @@ class SelfSkipProposer(DraftModelProposer):
       target just sampled; step k feeds the draft of step k-1.
     - Draft KV lands only in lookahead slots after the last verified token, which
       the next verification pass overwrites with the full model's KV.
+    - Optionally a cheaper LM head over a vocabulary subset, and adaptive exit: a
+      request stops drafting once its draft's top-1 probability falls under a
+      threshold that steers toward a target acceptance rate. Drafts then differ in
+      length per request, and are returned as lists, as vLLM's n-gram proposer does.
     """
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, runner=None):
         super().__init__(vllm_config=vllm_config, device=device, runner=runner)
-        self.skip_set = self.speculative_config.skip_set()
+        spec = self.speculative_config
+        self.skip_set = spec.skip_set()
+        self.draft_vocab: list[int] = list(spec.draft_vocab or [])
+        self.exit_rule: AdaptiveDraftExit | None = (
+            AdaptiveDraftExit(target_acceptance=spec.draft_exit_target_acceptance) if spec.adaptive_exit else None
+        )
+        self.max_draft_tokens: int | None = None
+        """A cap under K set at run time by ``vllm-selfspec tune`` (``None``: no cap)."""
+        self._drafted_last_step: dict[str, int] = {}
+        self._last_step_exited_early = False
+        self._target_model: nn.Module | None = None
+        self._runner = runner
         logger.info(
             "self_skip proposer on %s (vLLM V1 model runner): %s",
             type(runner).__name__ if runner is not None else "no runner",
@@ -56,15 +73,8 @@ class SelfSkipProposer(DraftModelProposer):
         if self.supports_mm_inputs:
             raise ValueError("self_skip does not support multimodal models yet")
         self.check_plan_agrees_across_ranks()
-        self.model = LayerSkipDraftModel(target_model, self.skip_set)
-        if (
-            self.vllm_config.compilation_config.mode != CompilationMode.NONE
-            and not self.speculative_config.enforce_eager
-        ):
-            # The target is compiled, so its custom ops run as plain PyTorch; compile
-            # the draft too (one graph per skip set, dynamic in the batch size).
-            self.model.forward = torch.compile(self.model.forward, dynamic=True)
-            logger.info("self_skip draft compiled with torch.compile (dynamic batch size)")
+        self._target_model = target_model
+        self._build_draft_model()
         self._draft_attn_layer_names = {
             name
             for name, layer in get_layers_from_vllm_config(
@@ -73,11 +83,51 @@ class SelfSkipProposer(DraftModelProposer):
             if layer.get_kv_cache_spec(self.vllm_config) is not None
         }
 
+    def _build_draft_model(self) -> None:
+        """(Re)build ``self.model`` over the target for the current skip set and draft head."""
+        self.model = LayerSkipDraftModel(self._target_model, self.skip_set, self.draft_vocab)
+        if (
+            self.vllm_config.compilation_config.mode != CompilationMode.NONE
+            and not self.speculative_config.enforce_eager
+        ):
+            # The target is compiled, so its custom ops run as plain PyTorch; compile
+            # the draft too (one graph per skip set, dynamic in the batch size).
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+            logger.info("self_skip draft compiled with torch.compile (dynamic batch size)")
+        if self.draft_vocab:
+            logger.info(
+                "self_skip draft head over %d of %d tokens (%.1f MiB of copied LM-head rows)",
+                len(self.draft_vocab),
+                self.model.vocab_size,
+                self.model.draft_head_weight.nbytes / 2**20,
+            )
+
+    def reconfigure(
+        self,
+        skip_set: SkipSet,
+        draft_vocab: list[int],
+        adaptive_exit: bool,
+        target_acceptance: float,
+        max_draft_tokens: int | None,
+    ) -> None:
+        """Switch the draft's settings in a running engine (used by ``vllm-selfspec tune``).
+
+        The draft model is rebuilt over the same target modules; the KV cache, the
+        target and the engine stay as they are.
+        """
+        self.skip_set = skip_set
+        self.draft_vocab = list(draft_vocab)
+        self.exit_rule = AdaptiveDraftExit(target_acceptance=target_acceptance) if adaptive_exit else None
+        self.max_draft_tokens = max_draft_tokens
+        self._drafted_last_step = {}
+        self._build_draft_model()
+
     def draft_plan(self) -> str:
         """What this rank's draft will run: plugin version, skip set and draft length."""
         return (
             f"vllm-selfspec {vllm_selfspec.__version__}, {self.skip_set.describe()}, "
-            f"num_speculative_tokens={self.speculative_config.num_speculative_tokens}"
+            f"num_speculative_tokens={self.speculative_config.num_speculative_tokens}, "
+            f"draft_vocab_size={len(self.draft_vocab)}, adaptive_exit={self.exit_rule is not None}"
         )
 
     def check_plan_agrees_across_ranks(self) -> None:
@@ -109,12 +159,20 @@ class SelfSkipProposer(DraftModelProposer):
         mm_embed_inputs=None,
         num_rejected_tokens_gpu: torch.Tensor | None = None,
         slot_mappings=None,
-    ) -> torch.Tensor:
-        """Return ``[batch, num_speculative_tokens]`` draft token ids."""
+    ) -> torch.Tensor | list[list[int]]:
+        """Draft up to ``num_speculative_tokens`` tokens per request.
+
+        Returns a ``[batch, K]`` tensor, or per-request lists of at most K ids when
+        adaptive exit is on (a request's draft ends at its first low-confidence token).
+        """
+        self._observe_verification(common_attn_metadata, num_rejected_tokens_gpu)
+        if self.max_draft_tokens is not None:
+            num_speculative_tokens = min(num_speculative_tokens, self.max_draft_tokens)
         self.num_speculative_tokens = num_speculative_tokens
         self._last_draft_probs = None
         batch_size = common_attn_metadata.batch_size()
         if num_speculative_tokens == 0:
+            self._drafted_last_step = {}
             return torch.empty(batch_size, 0, dtype=torch.int64, device=self.device)
 
         if token_indices_to_sample is None:
@@ -143,6 +201,8 @@ class SelfSkipProposer(DraftModelProposer):
         input_ids = next_token_ids
         draft_ids: list[torch.Tensor] = []
         draft_probs: list[torch.Tensor] = []
+        draft_lengths = [num_speculative_tokens] * batch_size
+        still_drafting = list(range(batch_size))
         for step in range(num_speculative_tokens):
             positions = self._update_positions_dependent_metadata(
                 positions, cad, batch_size, input_batch_size, self.block_size
@@ -163,11 +223,73 @@ class SelfSkipProposer(DraftModelProposer):
                     input_ids=self.input_ids[:input_batch_size],
                     positions=self._get_positions(input_batch_size),
                 )
-            tokens, probs = self._sample_draft_tokens(hidden_states[:batch_size], sampling_metadata)
+            tokens, probs, top1 = self._draft_tokens(hidden_states[:batch_size], sampling_metadata)
             draft_ids.append(tokens)
             if probs is not None:
                 draft_probs.append(probs)
             input_ids = tokens.int()
+            if top1 is not None:
+                confidence = top1.tolist()
+                for row in list(still_drafting):
+                    if not self.exit_rule.keeps_drafting(confidence[row]):
+                        draft_lengths[row] = step + 1
+                        still_drafting.remove(row)
+                if not still_drafting:
+                    break
         if draft_probs:
             self._last_draft_probs = torch.stack(draft_probs, dim=1).contiguous()
-        return torch.stack(draft_ids, dim=1)
+        drafts = torch.stack(draft_ids, dim=1)
+        self._remember_drafts(draft_lengths, num_speculative_tokens)
+        if self.exit_rule is None:
+            return drafts
+        return [row[:length] for row, length in zip(drafts.tolist(), draft_lengths)]
+
+    def _draft_tokens(
+        self, hidden_states: torch.Tensor, sampling_metadata: SamplingMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Draft tokens, their probabilities (probabilistic drafting only) and, with adaptive
+        exit, each request's top-1 draft probability."""
+        if self.exit_rule is None and not self.draft_vocab:
+            tokens, probs = self._sample_draft_tokens(hidden_states, sampling_metadata)
+            return tokens, probs, None
+        if self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy:
+            tokens, probs = self._sample_from_logits(self.model.compute_logits(hidden_states), sampling_metadata)
+            top1 = probs.max(dim=-1).values if self.exit_rule is not None else None
+            return tokens, probs, top1
+        if self.draft_vocab:
+            # Greedy over the subset: no full-vocabulary logits are built.
+            logits = self.model.compute_draft_head_logits(hidden_states)
+            top1, best = torch.softmax(logits, dim=-1).max(dim=-1)
+            return self.model.draft_vocab_ids[best], None, top1 if self.exit_rule is not None else None
+        logits = self.model.compute_logits(hidden_states)
+        top1, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
+        return tokens, None, top1
+
+    def _request_ids(self) -> list[str]:
+        """The request ids of the batch rows, in order (from the model runner's input batch)."""
+        return list(self._runner.input_batch.req_ids) if self._runner is not None else []
+
+    def _remember_drafts(self, draft_lengths: list[int], num_speculative_tokens: int) -> None:
+        """Note each request's draft length, to score them at the next verification."""
+        if self.exit_rule is None:
+            return
+        req_ids = self._request_ids()
+        self._drafted_last_step = dict(zip(req_ids, draft_lengths))
+        self._last_step_exited_early = any(n < num_speculative_tokens for n in draft_lengths)
+
+    def _observe_verification(
+        self, common_attn_metadata: CommonAttentionMetadata, num_rejected_tokens_gpu: torch.Tensor | None
+    ) -> None:
+        """Feed the verification that just ran (accepted vs drafted) to the adaptive exit rule."""
+        if self.exit_rule is None or not self._drafted_last_step or num_rejected_tokens_gpu is None:
+            return
+        query_lens = torch.diff(common_attn_metadata.query_start_loc_cpu).tolist()
+        rejected = num_rejected_tokens_gpu.tolist()
+        req_ids = self._request_ids()
+        drafted = accepted = 0
+        for row, req_id in enumerate(req_ids[: len(rejected)]):
+            verified = min(self._drafted_last_step.get(req_id, 0), query_lens[row] - 1)
+            if verified > 0:
+                drafted += verified
+                accepted += max(verified - int(rejected[row]), 0)
+        self.exit_rule.update(accepted, drafted, ran_full_length=not self._last_step_exited_early)

@@ -1,0 +1,106 @@
+"""`vllm-selfspec tune` and the new profile fields refuse bad input before any engine starts."""
+
+import argparse
+import json
+
+import pytest
+
+from vllm_selfspec.core.profile import ModelIdentity, SkipProfile, load_profile, save_profile
+from vllm_selfspec.core.resolve import resolve_self_skip
+from vllm_selfspec.core.skip_set import SelfSkipConfigError
+from vllm_selfspec.tune import TuneInputError, add_arguments, validate
+
+TINY = ModelIdentity("tiny", "LlamaForCausalLM", 4, 64, 128, 4, 2, 1000)
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64,
+    "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+}
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    return folder
+
+
+def _args(model_dir, tmp_path, *argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sizes = [] if "--draft-vocab-sizes" in argv else ["--draft-vocab-sizes", "0,500"]
+    return parser.parse_args([str(model_dir), "--out", str(tmp_path / "out" / "profile.json"), *sizes, *argv])
+
+
+def test_valid_settings(model_dir, tmp_path):
+    settings = validate(_args(model_dir, tmp_path, "--draft-vocab-sizes", "0,500,1000"))
+    assert settings.identity == TINY
+    assert settings.draft_vocab_sizes == (0, 500, 1000)
+    assert settings.journal.name == "profile.json.optuna-journal"
+    assert len(settings.prompts) >= 8
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--budget", "0"], "--budget: must be at least 1 trial, got 0"),
+        (["--draft-vocab-sizes", "0,4096"], "--draft-vocab-sizes: 4096 is larger than the model's vocabulary of 1000"),
+        (["--draft-lengths", "0,2"], "--draft-lengths: expected integers >= 1"),
+        (["--max-tokens", "0"], "--max-tokens: must be at least 1"),
+    ],
+)
+def test_bad_options_are_refused(model_dir, tmp_path, argv, words):
+    with pytest.raises(TuneInputError, match=words.replace("(", r"\(")):
+        validate(_args(model_dir, tmp_path, *argv))
+
+
+def test_empty_prompts_file_is_refused(model_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(TuneInputError, match="--prompts: .*empty.jsonl' holds no prompts"):
+        validate(_args(model_dir, tmp_path, "--prompts", str(empty)))
+
+
+def test_profile_for_another_model_at_out_is_refused(model_dir, tmp_path):
+    other = ModelIdentity("other", "LlamaForCausalLM", 6, 64, 128, 4, 2, 1000)
+    save_profile(SkipProfile(model=other, skip_attn=[1], skip_mlp=[], num_speculative_tokens=3),
+                 tmp_path / "out" / "profile.json")
+    with pytest.raises(TuneInputError, match="--out: .* holds a profile for another model .*num_layers: profile has 6, model has 4"):
+        validate(_args(model_dir, tmp_path))
+
+
+def test_profile_v2_fields_round_trip_and_resolve(tmp_path):
+    path = tmp_path / "p.json"
+    save_profile(SkipProfile(model=TINY, skip_attn=[1], skip_mlp=[2], num_speculative_tokens=3,
+                             draft_vocab_size=4, draft_vocab_ranking=[9, 8, 9], adaptive_exit=True,
+                             draft_exit_target_acceptance=0.8,
+                             num_speculative_tokens_per_batch_size=[(1, 4, 3), (5, 8, 0)]), path)
+    resolved = resolve_self_skip(TINY, 2048, skip_profile=str(path))
+    assert resolved.draft_vocab == (0, 1, 8, 9)
+    assert resolved.adaptive_exit and resolved.draft_exit_target_acceptance == 0.8
+    assert resolved.batch_size_schedule == [(1, 4, 3), (5, 8, 0)]
+    explicit = resolve_self_skip(TINY, 2048, skip_profile=str(path), draft_vocab_size=0, adaptive_exit=False,
+                                 batch_size_schedule=[[1, 2, 1]])
+    assert explicit.draft_vocab == () and not explicit.adaptive_exit and explicit.batch_size_schedule == [(1, 2, 1)]
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"draft_vocab_size": 1001}, "draft_vocab_size: 1001 is larger than the model's vocabulary of 1000"),
+        ({"adaptive_exit": "yes"}, "adaptive_exit: expected true or false"),
+        ({"draft_exit_target_acceptance": 1.2}, "draft_exit_target_acceptance: expected a number strictly between"),
+        ({"batch_size_schedule": [[2, 4, 1]]}, "num_speculative_tokens_per_batch_size: entry \\[2, 4, 1\\] is out of order"),
+    ],
+)
+def test_bad_draft_options_are_refused(options, words):
+    with pytest.raises(SelfSkipConfigError, match=words):
+        resolve_self_skip(TINY, 2048, skip_attn=[1], **options)
+
+
+def test_profile_with_oversized_draft_vocab_is_refused(tmp_path):
+    path = tmp_path / "p.json"
+    save_profile(SkipProfile(model=TINY, skip_attn=[1], skip_mlp=[], num_speculative_tokens=3,
+                             draft_vocab_size=5000), path)
+    with pytest.raises(SelfSkipConfigError, match="draft_vocab_size: 5000 is larger"):
+        load_profile(path)

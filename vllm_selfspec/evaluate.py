@@ -1,0 +1,280 @@
+"""``vllm-selfspec evaluate``: judge a skip profile on held-out prompts, side by side with plain vLLM.
+
+In one run, on prompts the profile was not tuned on (chat, HumanEval and
+summarisation; tuning uses the separate calibration set):
+
+- plain vLLM and ``self_skip`` with the profile exactly as a user gets it (its
+  batch-size schedule on), two engines up at once, measured in alternation at batch
+  sizes 1, 8 and 32, greedy, with the outputs compared token by token;
+- at batch size 1, with the schedule held at the profile's K, the profile with adaptive
+  exit off, with the cheap draft head off, and the simple fixed skip patterns (every
+  other layer, a middle block, attention only) with the profile's draft settings.
+  These variants switch the draft of one live engine (``DraftSwitchingWorkerExtension``).
+
+Writes ``results.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vllm_selfspec.core.profile import SkipProfile, find_shipped_profile, load_profile
+from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet, heuristic_skip_set
+
+BATCH_SIZES = (1, 8, 32)
+TUNED = "profile, schedule held at its K"
+HELD_OUT_SETS = {"chat": 4, "humaneval": 2, "summarization": 2}
+"""Prompt sets and how many prompts of each the batch-1 runs use (larger batches cycle them)."""
+
+
+def fixed_patterns(num_layers: int) -> dict[str, SkipSet]:
+    """The simple skip patterns a tuned profile must beat.
+
+    - ``every_other_layer``: attention and MLP of every odd-numbered layer;
+    - ``middle_block``: attention and MLP of the middle fifth of the layers;
+    - ``attention_only``: attention of every other layer in the middle half, no MLP
+      (the plugin's default for models without a profile).
+    """
+    odd = range(1, num_layers, 2)
+    middle = range(int(num_layers * 0.4), int(num_layers * 0.6))
+    return {
+        "every_other_layer": SkipSet.build(num_layers, odd, odd),
+        "middle_block": SkipSet.build(num_layers, middle, middle),
+        "attention_only": heuristic_skip_set(num_layers),
+    }
+
+
+@dataclass
+class Row:
+    """One measured configuration."""
+
+    variant: str
+    batch_size: int
+    tokens_per_s: float
+    output_tokens: int
+    seconds: float
+    acceptance_rate: float
+    mean_acceptance_length: float
+    identical_to_plain: bool | None = None
+    ratio_to_plain: float | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluate command's options."""
+    parser.add_argument("--out", required=True, help="folder for results.json and report.md")
+    parser.add_argument("--model", help="model folder (default: the prepared SmolLM2-135M-Instruct)")
+    parser.add_argument("--profile", help="profile to judge (default: the one shipped for the model)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per request (default 48)")
+    parser.add_argument("--eager", action="store_true", help="enforce_eager=True (default: compiled)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per figure (default 3)")
+
+
+def _held_out_prompts(llm) -> list[str]:
+    from vllm_selfspec.engine_runs import chat_prompts
+    from vllm_selfspec.prompts import load_prompt_set
+
+    prompts: list[str] = []
+    for name, count in HELD_OUT_SETS.items():
+        chosen = load_prompt_set(name)[:count]
+        prompts += chosen if name == "humaneval" else chat_prompts(llm, chosen)
+    return prompts
+
+
+def _measure(llm, variant: str, prompts: list[str], batch_size: int, params) -> tuple[Row, list[list[int]]]:
+    """Time one configuration once: batch 1 decodes the prompts one by one, larger sizes one batch."""
+    from vllm_selfspec.engine_runs import SpecDecodeCounts, timed_generate
+
+    batch = [prompts[i % len(prompts)] for i in range(batch_size)]
+    timed_generate(llm, batch[:2], params)  # warm-up for this configuration
+    before = SpecDecodeCounts.read(llm)
+    runs = [timed_generate(llm, [p], params) for p in prompts] if batch_size == 1 else [
+        timed_generate(llm, batch, params)]
+    counts = SpecDecodeCounts.read(llm).minus(before)
+    tokens, seconds = sum(r.output_tokens for r in runs), sum(r.seconds for r in runs)
+    row = Row(variant, batch_size, tokens / seconds, tokens, seconds, counts.acceptance_rate,
+              counts.mean_acceptance_length)
+    return row, [ids for r in runs for ids in r.token_ids]
+
+
+def _combined(variant: str, batch_size: int, parts: list[Row]) -> Row:
+    """One row from several rounds: total tokens over total time, mean acceptance."""
+    tokens, seconds = sum(r.output_tokens for r in parts), sum(r.seconds for r in parts)
+    return Row(variant, batch_size, tokens / seconds, tokens, seconds,
+               sum(r.acceptance_rate for r in parts) / len(parts),
+               sum(r.mean_acceptance_length for r in parts) / len(parts))
+
+
+def run_evaluate(args: argparse.Namespace, log=print) -> int:
+    """The whole ``evaluate`` command; returns the exit code."""
+    from vllm import SamplingParams
+
+    from vllm_selfspec.core.draft_vocab import draft_vocab
+    from vllm_selfspec.engine_runs import make_llm, release
+    from vllm_selfspec.model_prep import prepare_default_model
+
+    model = args.model or str(prepare_default_model())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        profile_path, profile = args.profile, load_profile(args.profile)
+    else:
+        from transformers import AutoConfig
+
+        from vllm_selfspec.glue.identity import identity_from_hf_config
+
+        shipped = find_shipped_profile(identity_from_hf_config(model, AutoConfig.from_pretrained(model)))
+        if shipped is None:
+            raise SelfSkipConfigError(f"--profile: no profile ships for {model!r}; give one")
+        profile_path, profile = str(shipped[0]), shipped[1]
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
+    engine = dict(dtype=args.dtype, enforce_eager=args.eager, max_num_seqs=max(BATCH_SIZES),
+                  kv_cache_memory_bytes=2 << 30)
+    started = time.time()
+    rows: list[Row] = []
+    plain_outputs: dict[int, list[list[int]]] = {}
+
+    # Plain vLLM and the profile as shipped run side by side: both engines stay up and
+    # their measurements alternate round by round.
+    spec = {"method": "self_skip", "skip_profile": profile_path}
+    plain_llm, shipped_llm = make_llm(model, **engine), make_llm(model, spec, **engine)
+    prompts = _held_out_prompts(plain_llm)
+    shipped_is_plain = shipped_llm.llm_engine.vllm_config.speculative_config is None
+    measured: dict[tuple[str, int], list[Row]] = {}
+    shipped_identical: dict[int, bool] = {}
+    for _ in range(args.rounds):
+        for batch_size in BATCH_SIZES:
+            row, plain_outputs[batch_size] = _measure(plain_llm, "plain", prompts, batch_size, params)
+            measured.setdefault(("plain", batch_size), []).append(row)
+            row, outputs = _measure(shipped_llm, "profile as shipped", prompts, batch_size, params)
+            shipped_identical[batch_size] = shipped_identical.get(batch_size, True) and (
+                outputs == plain_outputs[batch_size])
+            measured.setdefault(("profile as shipped", batch_size), []).append(row)
+    release(plain_llm)
+    release(shipped_llm)
+    for (name, batch_size), parts in measured.items():
+        row = _combined(name, batch_size, parts)
+        row.identical_to_plain = None if name == "plain" else shipped_identical[batch_size]
+        rows.append(row)
+        log(f"  {name} bs {batch_size}: {row.tokens_per_s:.1f} tok/s")
+
+    k = profile.num_speculative_tokens
+    llm = make_llm(model, {**spec, "num_speculative_tokens_per_batch_size": [[1, 1, k]]},
+                   worker_extension_cls="vllm_selfspec.glue.tuning_worker.DraftSwitchingWorkerExtension", **engine)
+    vocab = draft_vocab(profile.draft_vocab_size, profile.model.vocab_size, profile.draft_vocab_ranking)
+    other_vocab = [] if vocab else draft_vocab(8192, profile.model.vocab_size, profile.draft_vocab_ranking)
+    skip = profile.skip_set()
+    variants = {
+        TUNED: (skip, vocab, profile.adaptive_exit),
+        f"profile, adaptive exit {'off' if profile.adaptive_exit else 'on'}": (skip, vocab, not profile.adaptive_exit),
+        f"profile, {'full draft head' if vocab else 'draft head over 8192 tokens'}": (
+            skip, other_vocab, profile.adaptive_exit),
+        **{f"fixed: {name}": (pattern, vocab, profile.adaptive_exit)
+           for name, pattern in fixed_patterns(profile.model.num_layers).items()},
+    }
+    # Rounds alternate over the variants, so a slow spell of the machine hits them alike.
+    variant_rows: dict[str, list[Row]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (skip_set, head, adaptive) in variants.items():
+            llm.collective_rpc("selfspec_configure_draft", args=(
+                list(skip_set.attn), list(skip_set.mlp), head, adaptive, profile.draft_exit_target_acceptance, k))
+            row, outputs = _measure(llm, name, prompts, 1, params)
+            row.identical_to_plain = outputs == plain_outputs[1]
+            variant_rows[name].append(row)
+            log(f"  {name}: {row.tokens_per_s:.1f} tok/s, acceptance {row.acceptance_rate:.2f}, "
+                f"identical {row.identical_to_plain}")
+    release(llm)
+    for name, parts in variant_rows.items():
+        row = _combined(name, 1, parts)
+        row.identical_to_plain = all(r.identical_to_plain for r in parts)
+        rows.append(row)
+
+    plain_speed = {r.batch_size: r.tokens_per_s for r in rows if r.variant == "plain"}
+    for row in rows:
+        row.ratio_to_plain = row.tokens_per_s / plain_speed[row.batch_size]
+    results = {
+        "profile": profile_path, "profile_settings": _profile_summary(profile), "eager": args.eager,
+        "shipped_is_plain_vllm": shipped_is_plain,
+        "dtype": args.dtype, "max_tokens": args.max_tokens, "rounds": args.rounds, "held_out_prompts": HELD_OUT_SETS,
+        "minutes": round((time.time() - started) / 60, 1), "rows": [asdict(r) for r in rows],
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "report.md").write_text(render_report(results))
+    log(f"wrote {out / 'report.md'}")
+    return 0
+
+
+def _profile_summary(profile: SkipProfile) -> dict:
+    return {
+        "skip_attn": profile.skip_attn, "skip_mlp": profile.skip_mlp,
+        "num_speculative_tokens": profile.num_speculative_tokens, "draft_vocab_size": profile.draft_vocab_size,
+        "adaptive_exit": profile.adaptive_exit,
+        "num_speculative_tokens_per_batch_size": profile.num_speculative_tokens_per_batch_size,
+    }
+
+
+def must_show_checks(rows: list[dict], shipped_is_plain: bool = False) -> list[tuple[str, bool, str]]:
+    """Each acceptance criterion of the tuning work: (criterion, met, the figures).
+
+    ``shipped_is_plain``: the profile's schedule drafts at no batch size, so its engine
+    ran without speculative decoding, i.e. is plain vLLM; it is never slower by
+    construction, and its measured ratio shows only run-to-run noise.
+    """
+    by = {(r["variant"], r["batch_size"]): r for r in rows}
+    fixed = [r for r in rows if r["variant"].startswith("fixed: ")]
+    held = by[(TUNED, 1)]
+    best_fixed = max(fixed, key=lambda r: r["tokens_per_s"])
+    checks = [
+        ("tuned profile beats the best fixed pattern, greedy batch 1",
+         held["tokens_per_s"] > best_fixed["tokens_per_s"],
+         f"{held['tokens_per_s']:.1f} vs {best_fixed['tokens_per_s']:.1f} tok/s ({best_fixed['variant']})"),
+    ]
+    ratio = by[("profile as shipped", 1)]["ratio_to_plain"]
+    checks.append(("profile as shipped >= 1.10x plain, greedy batch 1", ratio >= 1.10 and not shipped_is_plain,
+                   f"drafting off, so the engine is plain vLLM; measured {ratio:.2f}x is run-to-run noise"
+                   if shipped_is_plain else f"{ratio:.2f}x"))
+    for batch_size in (8, 32):
+        ratio = by[("profile as shipped", batch_size)]["ratio_to_plain"]
+        if shipped_is_plain:
+            checks.append((f"profile as shipped >= 0.98x plain, batch {batch_size}", True,
+                           f"drafting off, so the engine is plain vLLM; measured {ratio:.2f}x is run-to-run noise"))
+        else:
+            checks.append((f"profile as shipped >= 0.98x plain, batch {batch_size}", ratio >= 0.98, f"{ratio:.2f}x"))
+    checks.append(("greedy outputs identical to plain with every mechanism on",
+                   all(r["identical_to_plain"] for r in rows if r["identical_to_plain"] is not None),
+                   f"{sum(1 for r in rows if r['identical_to_plain'])} of "
+                   f"{sum(1 for r in rows if r['identical_to_plain'] is not None)} configurations identical"))
+    return checks
+
+
+def render_report(results: dict) -> str:
+    """``report.md`` from ``results.json``."""
+    rows = results["rows"]
+    lines = [
+        "# Skip profile on held-out prompts, side by side with plain vLLM",
+        "",
+        f"Profile `{results['profile']}`: {json.dumps(results['profile_settings'])}.",
+        f"{results['dtype']}, {'eager' if results['eager'] else 'compiled'}, greedy, {results['max_tokens']} "
+        f"tokens per request, held-out prompts {results['held_out_prompts']} (batch 1 runs them one after "
+        f"another; larger batches cycle them), {results['rounds']} rounds per figure (the batch-1 variants "
+        f"alternate round by round). Run time {results['minutes']} min.",
+        "",
+        "| variant | batch | tok/s | × plain | acceptance | tokens/step | identical to plain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        identical = "" if r["identical_to_plain"] is None else ("yes" if r["identical_to_plain"] else "**no**")
+        lines.append(f"| {r['variant']} | {r['batch_size']} | {r['tokens_per_s']:.1f} | {r['ratio_to_plain']:.2f} | "
+                     f"{r['acceptance_rate']:.2f} | {r['mean_acceptance_length']:.2f} | {identical} |")
+    if results.get("shipped_is_plain_vllm"):
+        lines += ["", "The profile's batch-size schedule drafts at no batch size, so `self_skip` with the profile "
+                  "as shipped ran without speculative decoding: its rows measure plain vLLM against itself."]
+    lines += ["", "## Criteria", ""]
+    for criterion, met, figures in must_show_checks(rows, results.get("shipped_is_plain_vllm", False)):
+        lines.append(f"- {'met' if met else '**not met**'}: {criterion} ({figures})")
+    return "\n".join(lines) + "\n"
