@@ -22,6 +22,8 @@ class LayerSkipDraftModel(nn.Module):
 
     It owns no parameters: its children are the target's own embedding, decoder
     layers, final norm and LM head, so the draft shares the target's weight storage.
+    The one exception is the optional cheap draft head, a copy of the LM-head rows of
+    the draft vocabulary (``draft_vocab`` × hidden size).
     A skipped sublayer contributes nothing to the residual stream and writes no KV;
     every other attention sublayer reads and writes the target's paged KV cache
     through vLLM's forward context, exactly as in the target's forward pass.
