@@ -50,10 +50,3 @@ def schedule_from_measurements(best_k_by_batch_size: Mapping[int, int], max_batc
             schedule.append((start, end, k))
     return schedule
 
-
-def draft_length_for(schedule: BatchSizeSchedule, batch_size: int) -> int:
-    """The K a schedule gives a batch size (the last range carries on beyond its end)."""
-    for start, end, k in schedule:
-        if start <= batch_size <= end:
-            return k
-    return schedule[-1][2]
