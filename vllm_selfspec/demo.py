@@ -29,7 +29,15 @@ def run_demo(args: argparse.Namespace) -> int:
     from vllm import SamplingParams
 
     from vllm_selfspec.core.resolve import resolve_self_skip
-    from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release, timed_generate
+    from vllm_selfspec.engine_runs import (
+        SpecDecodeCounts,
+        chat_prompts,
+        combined_tokens_per_s,
+        make_llm,
+        release,
+        timed_generate,
+        timed_workload,
+    )
     from vllm_selfspec.glue.identity import identity_from_hf_config
     from vllm_selfspec.model_prep import prepare_default_model
 
@@ -59,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
         prompts = chat_prompts(llm, questions)
         timed_generate(llm, prompts[:2], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
         before = SpecDecodeCounts.read(llm)
-        singles = [timed_generate(llm, [prompt], params) for prompt in prompts]
+        singles = timed_workload(llm, prompts, params, 1)
         singles_counts = SpecDecodeCounts.read(llm).minus(before)
         batch = timed_generate(llm, prompts, params)
         results[name] = {"one at a time": (singles, singles_counts), f"batch of {len(prompts)}": ([batch], batch.spec)}
@@ -74,11 +82,11 @@ def run_demo(args: argparse.Namespace) -> int:
     identical = total = 0
     for label in results["plain"]:
         plain_runs = results["plain"][label][0]
-        plain_rate = sum(r.output_tokens for r in plain_runs) / sum(r.seconds for r in plain_runs)
+        plain_rate = combined_tokens_per_s(plain_runs)
         print(f"{label}: plain {plain_rate:.1f} tok/s")
         for name in list(engines)[1:]:
             runs, counts = results[name][label]
-            rate = sum(r.output_tokens for r in runs) / sum(r.seconds for r in runs)
+            rate = combined_tokens_per_s(runs)
             same = sum(a.token_ids == b.token_ids for a, b in zip(runs, plain_runs)) if len(runs) > 1 else sum(
                 a == b for a, b in zip(runs[0].token_ids, plain_runs[0].token_ids))
             identical, total = identical + same, total + len(questions)

@@ -125,3 +125,16 @@ def timed_generate(llm: LLM, prompts: list[str], params: SamplingParams) -> Time
         seconds=seconds,
         spec=SpecDecodeCounts.read(llm).minus(before),
     )
+
+
+def timed_workload(llm: LLM, prompts: list[str], params: SamplingParams, batch_size: int) -> list[TimedRun]:
+    """Batch size 1: every prompt alone, one after another; larger: one batch of
+    ``batch_size`` prompts (cycled)."""
+    if batch_size == 1:
+        return [timed_generate(llm, [prompt], params) for prompt in prompts]
+    return [timed_generate(llm, [prompts[i % len(prompts)] for i in range(batch_size)], params)]
+
+
+def combined_tokens_per_s(runs: list[TimedRun]) -> float:
+    """Output tokens over wall time, summed over several runs."""
+    return sum(r.output_tokens for r in runs) / sum(r.seconds for r in runs)

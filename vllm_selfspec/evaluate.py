@@ -88,13 +88,11 @@ def _held_out_prompts(llm) -> list[str]:
 
 def _measure(llm, variant: str, prompts: list[str], batch_size: int, params) -> tuple[Row, list[list[int]]]:
     """Time one configuration once: batch 1 decodes the prompts one by one, larger sizes one batch."""
-    from vllm_selfspec.engine_runs import SpecDecodeCounts, timed_generate
+    from vllm_selfspec.engine_runs import SpecDecodeCounts, timed_generate, timed_workload
 
-    batch = [prompts[i % len(prompts)] for i in range(batch_size)]
-    timed_generate(llm, batch[:2], params)  # warm-up for this configuration
+    timed_generate(llm, prompts[:min(batch_size, 2)], params)  # warm-up for this configuration
     before = SpecDecodeCounts.read(llm)
-    runs = [timed_generate(llm, [p], params) for p in prompts] if batch_size == 1 else [
-        timed_generate(llm, batch, params)]
+    runs = timed_workload(llm, prompts, params, batch_size)
     counts = SpecDecodeCounts.read(llm).minus(before)
     tokens, seconds = sum(r.output_tokens for r in runs), sum(r.seconds for r in runs)
     row = Row(variant, batch_size, tokens / seconds, tokens, seconds, counts.acceptance_rate,

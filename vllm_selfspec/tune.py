@@ -199,11 +199,11 @@ class DraftTuner:
         """
         from vllm import SamplingParams
 
-        from vllm_selfspec.engine_runs import timed_generate
+        from vllm_selfspec.engine_runs import combined_tokens_per_s, timed_generate, timed_workload
 
         self.configure(None)
         timed_generate(self.llm, self.prompts[:1], self.params)
-        runs = [timed_generate(self.llm, [p], self.params) for p in self.prompts]
+        runs = timed_workload(self.llm, self.prompts, self.params, 1)
         sampled = self.llm.generate(
             self.prompts, SamplingParams(n=RANKING_SAMPLES, temperature=1.0, max_tokens=RANKING_TOKENS),
             use_tqdm=False,
@@ -212,7 +212,7 @@ class DraftTuner:
         self.ranking = rank_by_frequency(
             [list(c.token_ids) for out in sampled for c in out.outputs] + prompt_ids
         )
-        return sum(r.output_tokens for r in runs) / sum(r.seconds for r in runs)
+        return combined_tokens_per_s(runs)
 
     def run_trial(self, candidate: DraftCandidate, report=None) -> dict:
         """Decode every calibration prompt alone with ``candidate``; tokens/s and acceptance.
@@ -246,23 +246,19 @@ class DraftTuner:
         the machine does not land on one of them; batch 1 decodes every calibration
         prompt alone in each round, larger sizes one batch.
         """
-        from vllm_selfspec.engine_runs import timed_generate
+        from vllm_selfspec.engine_runs import combined_tokens_per_s, timed_generate, timed_workload
 
         speeds: dict[int, dict[int, float]] = {}
         draft_lengths = sorted(k for k in {0, 1, 2, candidate.num_speculative_tokens}
                                if k <= candidate.num_speculative_tokens)
         for batch_size in self.settings.schedule_batch_sizes:
-            batch = [self.prompts[i % len(self.prompts)] for i in range(batch_size)]
-            totals = {k: [0, 0.0] for k in draft_lengths}
+            runs_by_k: dict[int, list] = {k: [] for k in draft_lengths}
             for _ in range(SCHEDULE_ROUNDS):
                 for k in draft_lengths:
                     self.configure(candidate, max_draft_tokens=k)
-                    timed_generate(self.llm, batch[:2], self.params)
-                    runs = [timed_generate(self.llm, [p], self.params) for p in batch] if batch_size == 1 else [
-                        timed_generate(self.llm, batch, self.params)]
-                    totals[k][0] += sum(r.output_tokens for r in runs)
-                    totals[k][1] += sum(r.seconds for r in runs)
-            speeds[batch_size] = {k: tokens / seconds for k, (tokens, seconds) in totals.items()}
+                    timed_generate(self.llm, self.prompts[:min(batch_size, 2)], self.params)  # warm-up
+                    runs_by_k[k] += timed_workload(self.llm, self.prompts, self.params, batch_size)
+            speeds[batch_size] = {k: combined_tokens_per_s(runs) for k, runs in runs_by_k.items()}
             self.log(f"  batch {batch_size:>3}: " + ", ".join(
                 f"K={k} {v:.1f} tok/s" for k, v in speeds[batch_size].items()))
         return speeds
