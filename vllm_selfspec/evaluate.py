@@ -115,6 +115,7 @@ def run_evaluate(args: argparse.Namespace, log=print) -> int:
     from vllm_selfspec.core.draft_vocab import draft_vocab
     from vllm_selfspec.engine_runs import make_llm, release
     from vllm_selfspec.model_prep import prepare_default_model
+    from vllm_selfspec.tune import TUNING_WORKER_EXTENSION
 
     model = args.model or str(prepare_default_model())
     out = Path(args.out)
@@ -163,7 +164,7 @@ def run_evaluate(args: argparse.Namespace, log=print) -> int:
 
     k = profile.num_speculative_tokens
     llm = make_llm(model, {**spec, "num_speculative_tokens_per_batch_size": [[1, 1, k]]},
-                   worker_extension_cls="vllm_selfspec.glue.tuning_worker.DraftSwitchingWorkerExtension", **engine)
+                   worker_extension_cls=TUNING_WORKER_EXTENSION, **engine)
     vocab = draft_vocab(profile.draft_vocab_size, profile.model.vocab_size, profile.draft_vocab_ranking)
     other_vocab = [] if vocab else draft_vocab(8192, profile.model.vocab_size, profile.draft_vocab_ranking)
     skip = profile.skip_set()

@@ -155,9 +155,7 @@ def resolve_self_skip(
     if batch_size_schedule is None and profile is not None:
         batch_size_schedule = profile.num_speculative_tokens_per_batch_size
     if batch_size_schedule is not None:
-        batch_size_schedule = check_batch_size_schedule(
-            [tuple(entry) if isinstance(entry, list) else entry for entry in batch_size_schedule]
-        )
+        batch_size_schedule = check_batch_size_schedule(batch_size_schedule)
     return ResolvedSelfSkip(
         skip_set,
         num_speculative_tokens,
