@@ -10,30 +10,97 @@ def test_fixed_patterns_for_30_layers():
     assert patterns["attention_only"].mlp == () and patterns["attention_only"].attn == tuple(range(8, 23, 2))
 
 
-def _row(variant, batch_size, tokens_per_s, ratio, identical=True):
+def _row(variant, batch_size, tokens_per_s, ratio, identical=True, drafts=None):
+    if drafts is None:
+        drafts = 10 if variant != "plain" else 0
     return {"variant": variant, "batch_size": batch_size, "tokens_per_s": tokens_per_s, "ratio_to_plain": ratio,
-            "acceptance_rate": 0.9, "mean_acceptance_length": 3.0,
-            "identical_to_plain": None if variant == "plain" else identical}
+            "acceptance_rate": 0.9 if drafts else 0.0, "mean_acceptance_length": 3.0 if drafts else 1.0,
+            "drafts": drafts, "identical_to_plain": None if variant == "plain" else identical}
+
+
+def _rows(shipped_drafts=None, tuned_drafts=None, fixed_drafts=None, batch8_ratio=0.97):
+    rows = [_row("plain", b, 100.0, 1.0) for b in (1, 8, 32)]
+    rows += [_row("profile as shipped", 1, 112.0, 1.12, drafts=shipped_drafts),
+             _row("profile as shipped", 8, batch8_ratio * 100, batch8_ratio, drafts=shipped_drafts),
+             _row("profile as shipped", 32, 99.0, 0.99, drafts=shipped_drafts),
+             _row(TUNED, 1, 111.0, 1.11, drafts=tuned_drafts),
+             _row("fixed: middle_block", 1, 90.0, 0.9, drafts=fixed_drafts),
+             _row("fixed: attention_only", 1, 95.0, 0.95, identical=False, drafts=fixed_drafts)]
+    return rows
+
+
+def _report(rows, shipped_is_plain=False):
+    return render_report({"profile": "p.json", "profile_settings": {}, "dtype": "float32", "eager": True,
+                          "max_tokens": 48, "rounds": 2, "held_out_prompts": {"chat": 4}, "minutes": 1.0,
+                          "rows": rows, "shipped_is_plain_vllm": shipped_is_plain})
 
 
 def test_criteria_and_report():
-    rows = [_row("plain", b, 100.0, 1.0) for b in (1, 8, 32)]
-    rows += [_row("profile as shipped", 1, 112.0, 1.12), _row("profile as shipped", 8, 97.0, 0.97),
-             _row("profile as shipped", 32, 99.0, 0.99), _row(TUNED, 1, 111.0, 1.11),
-             _row("fixed: middle_block", 1, 90.0, 0.9), _row("fixed: attention_only", 1, 95.0, 0.95, identical=False)]
+    rows = _rows()
     checks = {name: (met, figures) for name, met, figures in must_show_checks(rows)}
     assert checks["tuned profile beats the best fixed pattern, greedy batch 1"] == (
         True, "111.0 vs 95.0 tok/s (fixed: attention_only)")
     assert checks["profile as shipped >= 1.10x plain, greedy batch 1"] == (True, "1.12x")
     assert checks["profile as shipped >= 0.98x plain, batch 8"] == (False, "0.97x")
-    assert checks["profile as shipped >= 0.98x plain, batch 32"][0]
+    assert checks["profile as shipped >= 0.98x plain, batch 32"] == (True, "0.99x")
     assert checks["greedy outputs identical to plain with every mechanism on"] == (
-        False, "5 of 6 configurations identical")
-    plain_by_construction = {name: met for name, met, _ in must_show_checks(rows, shipped_is_plain=True)}
-    assert plain_by_construction["profile as shipped >= 0.98x plain, batch 8"]
-    assert not plain_by_construction["profile as shipped >= 1.10x plain, greedy batch 1"]
-    report = render_report({"profile": "p.json", "profile_settings": {}, "dtype": "float32", "eager": True,
-                            "max_tokens": 48, "rounds": 2, "held_out_prompts": {"chat": 4}, "minutes": 1.0,
-                            "rows": rows})
+        False, "5 of 6 configurations identical, 6 of them drafting")
+    report = _report(rows)
     assert "| fixed: attention_only | 1 | 95.0 | 0.95 | 0.90 | 3.00 | **no** |" in report
     assert "- **not met**: profile as shipped >= 0.98x plain, batch 8 (0.97x)" in report
+    assert "- met: profile as shipped >= 0.98x plain, batch 32 (0.99x)" in report
+    assert "not measured" not in report
+
+
+def test_measured_batch_criteria_are_met_or_not_by_the_ratio():
+    met = {name: m for name, m, _ in must_show_checks(_rows(batch8_ratio=0.98))}
+    assert met["profile as shipped >= 0.98x plain, batch 8"] is True
+    not_met = {name: m for name, m, _ in must_show_checks(_rows(batch8_ratio=0.97))}
+    assert not_met["profile as shipped >= 0.98x plain, batch 8"] is False
+
+
+def test_a_profile_that_never_drafts_is_not_measured_at_batch_8_and_32():
+    # Ratios that would pass if they were measured: the verdict must still not be "met".
+    rows = _rows(shipped_drafts=0, batch8_ratio=1.05)
+    checks = {name: (met, figures) for name, met, figures in must_show_checks(rows, shipped_is_plain=True)}
+    for batch_size in (8, 32):
+        met, figures = checks[f"profile as shipped >= 0.98x plain, batch {batch_size}"]
+        assert met is None
+        assert figures.startswith("the profile drafts at no batch size here, so self_skip is plain vLLM")
+    assert checks["profile as shipped >= 1.10x plain, greedy batch 1"][0] is False
+    # The batch-1 variants hold K, so they drafted: those criteria are still measured.
+    assert checks["tuned profile beats the best fixed pattern, greedy batch 1"][0] is True
+    assert checks["greedy outputs identical to plain with every mechanism on"] == (
+        False, "5 of 6 configurations identical, 3 of them drafting")
+    report = _report(rows, shipped_is_plain=True)
+    assert ("- not measured: profile as shipped >= 0.98x plain, batch 8 (the profile drafts at no batch size "
+            "here, so self_skip is plain vLLM; plain against itself 1.05x is run-to-run noise)") in report
+    assert "- not measured: profile as shipped >= 0.98x plain, batch 32 (" in report
+    assert "- met: profile as shipped" not in report
+
+
+def test_comparisons_without_drafts_are_not_measured():
+    rows = [{**r, "identical_to_plain": True if r["identical_to_plain"] is not None else None}
+            for r in _rows(shipped_drafts=0, tuned_drafts=0, fixed_drafts=0)]
+    checks = {name: (met, figures) for name, met, figures in must_show_checks(rows, shipped_is_plain=True)}
+    assert checks["tuned profile beats the best fixed pattern, greedy batch 1"] == (
+        None, "the tuned profile drafted nothing with its K held; 111.0 vs 95.0 tok/s (fixed: attention_only)")
+    assert checks["greedy outputs identical to plain with every mechanism on"] == (
+        None, "no compared configuration drafted; 6 of 6 configurations identical, 0 of them drafting")
+    report = _report(rows, shipped_is_plain=True)
+    assert "- not measured: tuned profile beats the best fixed pattern, greedy batch 1 (" in report
+    assert "- not measured: greedy outputs identical to plain with every mechanism on (" in report
+    assert "- met:" not in report
+
+
+def test_rows_without_a_drafts_count_drafted_where_drafts_were_accepted():
+    """results.json written before rows counted drafts: accepted drafts show the row drafted."""
+    rows = [{k: v for k, v in r.items() if k != "drafts"} for r in _rows(shipped_drafts=0)]
+    met = {name: m for name, m, _ in must_show_checks(rows, shipped_is_plain=True)}
+    assert met["tuned profile beats the best fixed pattern, greedy batch 1"] is True
+    assert met["greedy outputs identical to plain with every mechanism on"] is False
+    for r in rows:
+        r["mean_acceptance_length"] = 1.0
+    met = {name: m for name, m, _ in must_show_checks(rows, shipped_is_plain=True)}
+    assert met["tuned profile beats the best fixed pattern, greedy batch 1"] is None
+    assert met["greedy outputs identical to plain with every mechanism on"] is None
