@@ -13,6 +13,15 @@ from pathlib import Path
 import httpx
 
 
+ENGINE_STARTED = "Initializing a V1 LLM engine"
+"""What vLLM's engine core process logs at INFO as it starts (``EngineCore.__init__``,
+vllm/v1/engine/core.py), before it loads a model: its presence in a log shows an engine was
+started. Only logged with ``VLLM_LOGGING_LEVEL=INFO`` (the tests default to WARNING)."""
+
+INFO_LOGS = {"VLLM_LOGGING_LEVEL": "INFO"}
+"""Environment for a subprocess whose log must show whether an engine started."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

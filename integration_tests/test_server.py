@@ -3,7 +3,8 @@
 A plain server and a self_skip server run side by side (float32, eager). Greedy
 completions and chat completions, streamed and not, must match token for token;
 /metrics must show the speculative-decoding counters; 64 concurrent streams with a
-quarter of the clients disconnecting mid-stream must leave the server healthy.
+quarter of the clients disconnecting mid-stream must each match plain vLLM's output and
+leave the server healthy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from integration_tests.helpers import first_difference
-from integration_tests.server import VllmServer
+from integration_tests.server import ENGINE_STARTED, INFO_LOGS, VllmServer
 from vllm_selfspec.prompts import load_prompt_set
 
 pytestmark = pytest.mark.engine
@@ -34,9 +35,8 @@ this CPU, may turn drafting off, and these tests check the drafts themselves."""
 @pytest.fixture(scope="module")
 def servers(default_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("server-logs")
-    info = {"VLLM_LOGGING_LEVEL": "INFO"}
-    plain = VllmServer(default_model, *COMMON, log_path=logs / "plain.log", env=info)
-    self_skip = VllmServer(default_model, *COMMON, *SELF_SKIP_K4, log_path=logs / "self_skip.log", env=info)
+    plain = VllmServer(default_model, *COMMON, log_path=logs / "plain.log", env=INFO_LOGS)
+    self_skip = VllmServer(default_model, *COMMON, *SELF_SKIP_K4, log_path=logs / "self_skip.log", env=INFO_LOGS)
     try:
         for server in (plain, self_skip):
             server.start()
@@ -102,35 +102,50 @@ def test_metrics_endpoint_counts_self_skip(servers, default_model):
 async def _stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, abort_after: int | None):
     body = {"model": model, "prompt": prompt, "max_tokens": 48, "temperature": 0.0, "stream": True,
             "ignore_eos": True}
-    chunks, finish = 0, None
+    chunks, finish, text = 0, None, ""
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         async for line in response.aiter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 chunks += 1
-                finish = json.loads(line[6:])["choices"][0].get("finish_reason") or finish
+                choice = json.loads(line[6:])["choices"][0]
+                text += choice["text"]
+                finish = choice.get("finish_reason") or finish
                 if abort_after is not None and chunks >= abort_after:
-                    return "aborted", chunks  # leaving the block closes the connection
-    return finish, chunks
+                    return "aborted", chunks, text  # leaving the block closes the connection
+    return finish, chunks, text
+
+
+async def _plain_completion(client: httpx.AsyncClient, url: str, model: str, prompt: str) -> str:
+    """Plain vLLM's text for ``_stream``'s request (greedy, 48 tokens, ignore_eos), not streamed."""
+    body = {"model": model, "prompt": prompt, "max_tokens": 48, "temperature": 0.0, "ignore_eos": True}
+    response = await client.post(f"{url}/v1/completions", json=body)
+    return response.json()["choices"][0]["text"]
 
 
 def test_concurrent_streams_with_disconnects(servers, default_model):
     url = servers["self_skip"].url
     questions = load_prompt_set("chat")
+    prompts = [f"Question: {questions[i % len(questions)]}\nAnswer:" for i in range(64)]
 
     async def main():
         limits = httpx.Limits(max_connections=100)
         async with httpx.AsyncClient(timeout=httpx.Timeout(300), limits=limits) as client:
-            jobs = [
-                _stream(client, url, default_model, f"Question: {questions[i % len(questions)]}\nAnswer:",
-                        abort_after=3 if i % 4 == 0 else None)
-                for i in range(64)
-            ]
-            return await asyncio.wait_for(asyncio.gather(*jobs), timeout=600)
+            jobs = [_stream(client, url, default_model, prompt, abort_after=3 if i % 4 == 0 else None)
+                    for i, prompt in enumerate(prompts)]
+            results = await asyncio.wait_for(asyncio.gather(*jobs), timeout=600)
+            # Plain vLLM's output for every prompt a stream completed (float32 plain is batch-invariant).
+            unique = sorted({p for p, r in zip(prompts, results) if r[0] == "length"})
+            plain_texts = await asyncio.wait_for(asyncio.gather(
+                *(_plain_completion(client, servers["plain"].url, default_model, p) for p in unique)), timeout=600)
+            return results, dict(zip(unique, plain_texts))
 
-    results = asyncio.run(main())
+    results, plain = asyncio.run(main())
     aborted = [r for r in results if r[0] == "aborted"]
-    completed = [r for r in results if r[0] == "length"]
+    completed = [(p, r) for p, r in zip(prompts, results) if r[0] == "length"]
     assert len(aborted) == 16 and len(completed) == 48, results
+    # Every completed stream is token for token plain vLLM's greedy output for its prompt.
+    differing = [p for p, (_, _, text) in completed if text != plain[p]]
+    assert not differing, f"{len(differing)} of 48 streams differ from plain vLLM, e.g. {differing[0]!r}"
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
     text = httpx.get(f"{url}/metrics", timeout=30).text
     assert _metric(text, "vllm:num_requests_running") == 0
@@ -147,6 +162,13 @@ def test_self_skip_announces_itself_in_the_server_log(servers):
     assert "self_skip proposer" not in servers["plain"].log_path.read_text()
 
 
+def test_started_engines_log_the_engine_marker(servers):
+    """The other side of the refusal tests' guard: a server that started an engine logs its markers."""
+    for name, server in servers.items():
+        log = server.log_path.read_text()
+        assert ENGINE_STARTED in log and "(EngineCore" in log, name
+
+
 @pytest.mark.parametrize(
     "flags, words",
     [
@@ -160,7 +182,8 @@ def test_self_skip_announces_itself_in_the_server_log(servers):
     ids=["missing-profile", "zero-draft-tokens", "misspelt-option"],
 )
 def test_bad_input_stops_the_server_before_any_worker(default_model, tmp_path, flags, words):
-    server = VllmServer(default_model, *COMMON, *flags, log_path=tmp_path / "server.log").start()
+    # INFO, so that an engine that did start would leave ENGINE_STARTED in the log.
+    server = VllmServer(default_model, *COMMON, *flags, log_path=tmp_path / "server.log", env=INFO_LOGS).start()
     try:
         assert server.process.wait(timeout=120) != 0
     finally:
@@ -168,7 +191,9 @@ def test_bad_input_stops_the_server_before_any_worker(default_model, tmp_path, f
     log = server.log_path.read_text()
     for word in words:
         assert word in log, log[-2000:]
-    assert "EngineCore" not in log and "Worker pid" not in log  # refused before any engine process
+    if "usage: vllm serve" not in log:  # past argument parsing, the INFO log shows it was on
+        assert "non-default args" in log, log[-2000:]
+    assert ENGINE_STARTED not in log and "EngineCore" not in log  # refused before any engine process
 
 
 NEAR_TIE_EPSILON = 0.5
@@ -216,6 +241,10 @@ def test_bfloat16_server_divergences_are_near_ties(default_model, tmp_path):
                 best, second = sorted(tops[at].values(), reverse=True)[:2]
                 assert best - second < NEAR_TIE_EPSILON, f"{question!r} (stream={stream}) diverges at token {at}"
         assert diverged <= len(questions)  # at most half of the 16 comparisons
+        # The comparisons measured drafts: the self_skip server drafted (K=4 held), plain did not.
+        assert _metric(httpx.get(f"{self_skip.url}/metrics", timeout=30).text,
+                       "vllm:spec_decode_num_drafts_total") > 0
+        assert _metric(httpx.get(f"{plain.url}/metrics", timeout=30).text, "vllm:spec_decode_num_drafts_total") == 0
     finally:
         for server in (plain, self_skip):
             server.stop()
