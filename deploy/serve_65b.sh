@@ -13,6 +13,7 @@ MODEL="${1:?usage: $0 MODEL_PATH [TP] [PROFILE]}"
 TP="${2:-8}"
 PROFILE="${3:-}"
 case "$TP" in 4|8) ;; *) echo "TP must be 4 or 8 for a 65B-class model, got $TP" >&2; exit 2 ;; esac
+source "$(dirname "$0")/require_ray_auth_token.sh"  # sets RAY_AUTH_MODE=token
 
 spec="{\"num_speculative_tokens\": ${NUM_SPEC_TOKENS:-4}"
 if [[ -n "$PROFILE" ]]; then
@@ -22,7 +23,6 @@ fi
 spec+="}"
 
 export RAY_ADDRESS="${RAY_ADDRESS:-auto}"
-export RAY_AUTH_MODE=token
 exec vllm serve "$MODEL" \
     --port "${PORT:-8000}" \
     --tensor-parallel-size "$TP" \

@@ -6,12 +6,10 @@
 # worker (deploy/README.md, "How the plugin reaches every node").
 set -euo pipefail
 PORT="${1:-6379}"
+source "$(dirname "$0")/require_ray_auth_token.sh"  # sets RAY_AUTH_MODE=token
 
 # Fail here, not inside a worker, if vLLM or the plugin is missing or mismatched.
 python -c "import vllm, vllm_selfspec; vllm_selfspec.register(); print('vllm', vllm.__version__, '+ vllm-selfspec', vllm_selfspec.__version__)"
 
-# Ray token authentication: workers and clients need this node's ~/.ray/auth_token
-# (copy it, or export RAY_AUTH_TOKEN with its content on every node).
-export RAY_AUTH_MODE=token
 ray start --head --port="$PORT" --dashboard-host=0.0.0.0 ${RAY_START_EXTRA_ARGS:-}
 echo "Join workers with: deploy/start_ray_worker.sh $(hostname -I | awk '{print $1}'):$PORT"

@@ -7,8 +7,8 @@
 # skip profile on the same paths as the head.
 set -euo pipefail
 HEAD="${1:?usage: $0 HEAD_IP:PORT}"
+source "$(dirname "$0")/require_ray_auth_token.sh"  # sets RAY_AUTH_MODE=token
 
 python -c "import vllm, vllm_selfspec; vllm_selfspec.register(); print('vllm', vllm.__version__, '+ vllm-selfspec', vllm_selfspec.__version__)"
 
-export RAY_AUTH_MODE=token
 ray start --address="$HEAD" ${RAY_START_EXTRA_ARGS:-}

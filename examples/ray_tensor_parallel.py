@@ -10,6 +10,7 @@ cluster through the TEST-ONLY Ray-on-CPU shim (its outputs are meaningless):
 
 import argparse
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -35,7 +36,13 @@ def main() -> None:
         from vllm_selfspec.model_prep import prepare_default_model
         from vllm_selfspec.tiny_models import write_tiny_model
 
-        args.model = str(write_tiny_model("llama", Path(tempfile.mkdtemp()), prepare_default_model()))
+        work = Path(tempfile.mkdtemp())
+        # ray.init turns on token authentication; the token is this run's own, not ~/.ray/auth_token.
+        token_path = work / "ray_auth_token"
+        token_path.write_text(secrets.token_hex(32))
+        os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+        args.model = str(write_tiny_model("llama", work, prepare_default_model()))
         context = ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
         os.environ["RAY_ADDRESS"] = context.address_info["address"]  # the engine joins this cluster
         engine.update(tensor_parallel_size=2, dtype="float32", enforce_eager=True, max_model_len=512,
@@ -43,14 +50,18 @@ def main() -> None:
 
     from vllm import LLM, SamplingParams
 
+    from vllm_selfspec.engine_runs import SpecDecodeCounts
+
     speculative_config = {"method": "self_skip", "num_speculative_tokens": 4}
     if args.profile:
         speculative_config["skip_profile"] = args.profile
-    llm = LLM(model=args.model, speculative_config=speculative_config, **engine)
+    llm = LLM(model=args.model, speculative_config=speculative_config, disable_log_stats=False, **engine)
     prompts = ["Explain tensor parallelism in two sentences.", "Write a haiku about autumn."]
     messages = [[{"role": "user", "content": p}] for p in prompts]
     for output in llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=64)):
         print(repr(output.outputs[0].text.strip()[:200]), "\n---")
+    spec = SpecDecodeCounts.read(llm)
+    print(f"self_skip drafts: {spec.drafts}, mean acceptance length: {spec.mean_acceptance_length:.2f}")
 
 
 if __name__ == "__main__":

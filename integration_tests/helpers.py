@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
+import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from vllm import SamplingParams
+from prometheus_client import REGISTRY
+from vllm import LLM, SamplingParams
+from vllm.v1.metrics.prometheus import unregister_vllm_metrics
 
 from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.prompts import load_prompt_set
@@ -51,27 +56,92 @@ class GreedyRun:
     """Greedy outputs of one engine, and its spec-decode counters over the run."""
 
     batched: list[list[int]]
-    single: list[list[int]] | None
+    single: dict[int, list[int]]
+    """Outputs of the prompts that also ran alone, by prompt index."""
     spec: SpecDecodeCounts
     prompts: list[str]
+    logprobs: list | None = None
+    """Per batched output, vLLM's top logprobs at each token (when asked for)."""
 
 
-def greedy_run(model: str, speculative_config: dict | None, *, max_tokens: int = 128,
-               single: bool = True, num_prompts: int = 16, **engine_kwargs) -> GreedyRun:
-    """Greedy outputs for varied prompts, as one batch and (optionally) one request at a time."""
-    llm = make_llm(model, speculative_config, **engine_kwargs)
-    try:
-        prompts = varied_prompts(llm, num_prompts)
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-        before = SpecDecodeCounts.read(llm)
-        batched = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
-        singles = None
-        if single:
-            singles = [list(llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids) for p in prompts]
-        spec = SpecDecodeCounts.read(llm).minus(before)
-    finally:
-        release(llm)
-    return GreedyRun(batched, singles, spec, prompts)
+DRAFT_SWITCHING_EXTENSION = "vllm_selfspec.glue.tuning_worker.DraftSwitchingWorkerExtension"
+
+
+class EnginePool:
+    """Engines shared by every test of a session, keyed by their whole configuration.
+
+    An engine start costs minutes here, so tests whose engines match share one; the
+    least recently used engine is shut down once more than ``capacity`` are alive.
+    self_skip engines load ``DraftSwitchingWorkerExtension``, so a test can switch the
+    draft in place (:func:`switch_draft`); such a test sets every draft setting it
+    relies on before generating. Counters are cumulative: read them as differences.
+    """
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._live: OrderedDict[str, tuple[LLM, list]] = OrderedDict()
+        self.starts = 0
+
+    def get(self, model: str, speculative_config: dict | None = None, **engine_kwargs) -> LLM:
+        if speculative_config and speculative_config.get("method") == "self_skip":
+            engine_kwargs.setdefault("worker_extension_cls", DRAFT_SWITCHING_EXTENSION)
+        key = json.dumps([model, speculative_config, engine_kwargs], sort_keys=True)
+        if key not in self._live:
+            while len(self._live) >= self.capacity:
+                release(self._live.popitem(last=False)[1][0])
+            llm = make_llm(model, copy.deepcopy(speculative_config), **engine_kwargs)
+            self._live[key] = (llm, _vllm_collectors())
+            self.starts += 1
+        self._live.move_to_end(key)
+        llm, collectors = self._live[key]
+        _activate(collectors)
+        return llm
+
+    def close(self) -> None:
+        while self._live:
+            release(self._live.popitem()[1][0])
+
+
+def _vllm_collectors() -> list:
+    """The ``vllm:`` Prometheus collectors now registered: those of the engine started last."""
+    return [c for c in REGISTRY._collector_to_names if getattr(c, "_name", "").startswith("vllm:")]
+
+
+def _activate(collectors: list) -> None:
+    """Make ``LLM.get_metrics`` read these collectors.
+
+    vLLM's metrics live in the process-wide Prometheus registry, and each new engine
+    unregisters the previous engine's collectors (``unregister_vllm_metrics``); the old
+    engine keeps counting into its own, unregistered, collectors. Re-registering them
+    makes a pooled engine's counters readable again.
+    """
+    unregister_vllm_metrics()
+    for collector in collectors:
+        REGISTRY.register(collector)
+
+
+def switch_draft(llm: LLM, *, skip_attn: list[int], skip_mlp: list[int], draft_vocab: list[int] = (),
+                 adaptive_exit: bool = False, target_acceptance: float = 0.9,
+                 max_draft_tokens: int | None = None) -> str:
+    """Install these draft settings in every worker of a pooled self_skip engine; return the plan."""
+    return llm.collective_rpc("selfspec_configure_draft", args=(
+        list(skip_attn), list(skip_mlp), list(draft_vocab), adaptive_exit, target_acceptance, max_draft_tokens,
+    ))[0]
+
+
+def greedy_run(llm: LLM, *, max_tokens: int = 128, singles: int = 4, num_prompts: int = 16,
+               logprobs: int | None = None) -> GreedyRun:
+    """Greedy outputs for varied prompts as one batch, and ``singles`` of them one request at a
+    time: the last prompt (an article summary) and the first questions."""
+    prompts = varied_prompts(llm, num_prompts)
+    order = [num_prompts - 1, *range(singles - 1)] if singles else []
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=logprobs)
+    before = SpecDecodeCounts.read(llm)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    batched = [list(o.outputs[0].token_ids) for o in outputs]
+    single = {i: list(llm.generate([prompts[i]], params, use_tqdm=False)[0].outputs[0].token_ids) for i in order}
+    spec = SpecDecodeCounts.read(llm).minus(before)
+    return GreedyRun(batched, single, spec, prompts, [o.outputs[0].logprobs for o in outputs])
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:

@@ -147,7 +147,7 @@ def test_features_identical_and_no_extra_memory(default_model, plain_results):
 def test_preemption_with_tiny_kv_cache(default_model):
     tiny_kv = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=24 << 20, max_num_seqs=16,
                    max_model_len=320)
-    outputs, preemptions = {}, {}
+    outputs, preemptions, drafts = {}, {}, {}
     for name, spec in (("plain", None), ("self_skip", SELF_SKIP)):
         llm = make_llm(default_model, spec, **tiny_kv)
         try:
@@ -155,7 +155,9 @@ def test_preemption_with_tiny_kv_cache(default_model):
             outputs[name] = _summary(llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=128),
                                                   use_tqdm=False))
             preemptions[name] = _counter(llm, "vllm:num_preemptions")
+            drafts[name] = _counter(llm, "vllm:spec_decode_num_drafts")
         finally:
             release(llm)
     assert preemptions["self_skip"] > 0, "the KV cache was large enough to avoid preemption"
+    assert drafts == {"plain": 0, "self_skip": drafts["self_skip"]} and drafts["self_skip"] > 0, drafts
     assert outputs["self_skip"] == outputs["plain"]

@@ -1,19 +1,23 @@
 """Greedy self_skip output is token-identical to plain vLLM on the default model.
 
-float32: exact identity, batched and one request at a time, K in {1, 4, 8}; and with
-the cheap draft head, adaptive exit and a batch-size schedule on.
+float32: exact identity, 16 prompts batched and 4 of them one request at a time
+(a short question first, then an article summary): K in {1, 4, 8} with the
+shipped profile's mild skip set (one attention sublayer), an aggressive skip set (a
+fifth of the sublayers, so that many drafts are rejected) at K=8, and every mechanism
+on (cheap draft head, adaptive exit, a batch-size schedule).
 bfloat16: plain vLLM itself is not batch-invariant, so every divergence must sit at
 a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON).
 Both compilation modes: vLLM's default (torch.compile) and enforce_eager.
+
+Engines come from the session's pool: one self_skip engine per mode and dtype, its
+draft switched in place (``switch_draft``) between tests.
 """
 
 from __future__ import annotations
 
 import pytest
-from vllm import SamplingParams
 
-from integration_tests.helpers import COMPILATION_MODES, first_difference, greedy_run, varied_prompts
-from vllm_selfspec.engine_runs import make_llm, release
+from integration_tests.helpers import COMPILATION_MODES, first_difference, greedy_run, switch_draft
 
 pytestmark = pytest.mark.engine
 
@@ -22,85 +26,70 @@ NEAR_TIE_EPSILON = 0.5
 accepted as rounding: bfloat16 keeps 8 significant bits, so logits near 20 are only
 resolved to about 0.1, and batch shape changes the summation order."""
 
+MAX_K = 8
+FLOAT32 = dict(dtype="float32", max_logprobs=50)
+"""The plain float32 engine's settings, shared with test_sampling.py (which reads 50 logprobs)."""
+HELD = {"num_speculative_tokens_per_batch_size": [[1, 1, MAX_K]]}
+"""Hold K at every batch size (the shipped schedule turns drafting off on this CPU)."""
+SELF_SKIP = {"method": "self_skip", "num_speculative_tokens": MAX_K, "draft_vocab_size": 4096,
+             "adaptive_exit": True, **HELD}
+"""The pooled self_skip engine: the shipped profile's skip set and head, exit rule on, K=8 held."""
+MILD = {"skip_attn": [7], "skip_mlp": []}
+"""The shipped profile's skip set: 1 of 60 sublayers."""
+AGGRESSIVE = {"skip_attn": list(range(12, 18)), "skip_mlp": list(range(12, 18))}
+"""12 of 60 sublayers (a fifth): the middle block, attention and MLP."""
 
-@pytest.fixture(scope="module", params=list(COMPILATION_MODES))
+
+@pytest.fixture(scope="module", params=["compiled", "eager"])
 def mode(request):
     return request.param
 
 
+def _engine(engines, default_model, mode, spec=None, **kwargs):
+    return engines.get(default_model, spec, **{**FLOAT32, **COMPILATION_MODES[mode], **kwargs})
+
+
 @pytest.fixture(scope="module")
-def plain_f32(default_model, mode):
-    run = greedy_run(default_model, None, dtype="float32", **COMPILATION_MODES[mode])
+def plain_f32(engines, default_model, mode):
+    run = greedy_run(_engine(engines, default_model, mode))
     # The premise of exact comparison: float32 plain vLLM is batch-invariant here.
-    assert run.batched == run.single
+    assert len(run.single) == 4 and all(run.batched[i] == out for i, out in run.single.items())
     return run
 
 
-FIXED_LENGTH_FULL_HEAD = {"adaptive_exit": False, "draft_vocab_size": 0}
-"""The draft without issue 3's mechanisms, so every draft runs K tokens."""
-
-
-def _drafting_at_every_batch_size(k: int) -> dict:
-    """Hold K at every batch size (the shipped schedule may turn drafting off for batches)."""
-    return {"num_speculative_tokens_per_batch_size": [[1, 1, k]]}
-
-
-@pytest.mark.parametrize("k", [1, 4, 8])
-def test_float32_greedy_identical(default_model, mode, plain_f32, k):
-    run = greedy_run(default_model, {"method": "self_skip", "num_speculative_tokens": k, **FIXED_LENGTH_FULL_HEAD,
-                                     **_drafting_at_every_batch_size(k)},
-                     dtype="float32", **COMPILATION_MODES[mode])
+def _assert_identical(reference, run, name=""):
     assert len(run.batched) == 16 and any(len(t) == 128 for t in run.batched)
-    for i, (ref, got) in enumerate(zip(plain_f32.batched, run.batched)):
-        assert got == ref, f"prompt {i} (batched) diverges at token {first_difference(ref, got)}"
-    for i, (ref, got) in enumerate(zip(plain_f32.single, run.single)):
-        assert got == ref, f"prompt {i} (single) diverges at token {first_difference(ref, got)}"
-    # vLLM's own spec-decode metrics count the self_skip drafts, per position.
-    assert run.spec.drafts > 0 and run.spec.draft_tokens == k * run.spec.drafts
-    assert len(run.spec.accepted_per_position) == k
-    assert 0 < run.spec.accepted_tokens == sum(run.spec.accepted_per_position)
+    for i, (ref, got) in enumerate(zip(reference.batched, run.batched)):
+        assert got == ref, f"{name} prompt {i} (batched) diverges at token {first_difference(ref, got)}"
+    assert run.single.keys() == reference.single.keys()
+    for i, got in run.single.items():
+        ref = reference.single[i]
+        assert got == ref, f"{name} prompt {i} (single) diverges at token {first_difference(ref, got)}"
 
 
-def test_float32_greedy_identical_with_every_mechanism_on(default_model, mode, plain_f32):
-    """Cheap draft head and adaptive exit, with K held, and with a schedule that drafts only
-    for single requests (batched steps then run with K=0 inside the speculative engine)."""
-    k = 6
-    on = {"method": "self_skip", "num_speculative_tokens": k, "draft_vocab_size": 4096, "adaptive_exit": True}
-    held = greedy_run(default_model, {**on, **_drafting_at_every_batch_size(k)}, dtype="float32",
-                      **COMPILATION_MODES[mode])
-    guarded = greedy_run(default_model, {**on, "num_speculative_tokens_per_batch_size": [[1, 1, k], [2, 256, 0]]},
-                         dtype="float32", **COMPILATION_MODES[mode])
-    for name, run in (("held K", held), ("K only at batch size 1", guarded)):
-        for i, (ref, got) in enumerate(zip(plain_f32.batched, run.batched)):
-            assert got == ref, f"{name}: prompt {i} (batched) diverges at token {first_difference(ref, got)}"
-        for i, (ref, got) in enumerate(zip(plain_f32.single, run.single)):
-            assert got == ref, f"{name}: prompt {i} (single) diverges at token {first_difference(ref, got)}"
-        # Adaptive exit ended some drafts early, and drafting did happen.
-        assert run.spec.drafts > 0 and run.spec.draft_tokens < k * run.spec.drafts
-        assert 0 < run.spec.accepted_tokens <= run.spec.draft_tokens
-    # The schedule kept batched steps from drafting: fewer drafts than with K held.
-    assert guarded.spec.drafts < held.spec.drafts
+def _draft_compilation(worker) -> dict:
+    """Whether the draft's forward is wrapped by torch.compile, and how many graphs dynamo holds for it."""
+    import torch
+
+    draft = worker.model_runner.drafter.model
+    entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(type(draft).forward.__code__)
+    return {"wrapped": hasattr(draft.forward, "_torchdynamo_orig_callable"), "graphs": len(entries)}
 
 
-def test_bfloat16_divergences_are_near_ties(default_model, mode):
+def test_bfloat16_divergences_are_near_ties(engines, default_model, mode):
+    """The shipped profile (cheap head, adaptive exit) with K=4 held, against plain bfloat16."""
     engine = COMPILATION_MODES[mode]
-    llm = make_llm(default_model, None, dtype="bfloat16", **engine)
-    try:
-        prompts = varied_prompts(llm)
-        ref = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=128, logprobs=2),
-                           use_tqdm=False)
-    finally:
-        release(llm)
-    run = greedy_run(default_model, {"method": "self_skip", "num_speculative_tokens": 4},
-                     dtype="bfloat16", single=False, **engine)
+    ref = greedy_run(engines.get(default_model, None, dtype="bfloat16", **engine), singles=0, logprobs=2)
+    spec = {"method": "self_skip", "num_speculative_tokens": 4, "num_speculative_tokens_per_batch_size": [[1, 1, 4]]}
+    run = greedy_run(engines.get(default_model, spec, dtype="bfloat16", **engine), singles=0)
+    assert run.spec.drafts > 0 and run.spec.accepted_tokens > 0, run.spec
     gaps = []
-    for i, (out, got) in enumerate(zip(ref, run.batched)):
-        expected = list(out.outputs[0].token_ids)
+    for i, (expected, got) in enumerate(zip(ref.batched, run.batched)):
         at = first_difference(expected, got)
         if at is None:
             continue
         assert at < len(expected) and at < len(got), f"prompt {i}: lengths differ without a token flip"
-        top = sorted(out.outputs[0].logprobs[at].values(), key=lambda lp: -lp.logprob)
+        top = sorted(ref.logprobs[i][at].values(), key=lambda lp: -lp.logprob)
         gap = top[0].logprob - top[1].logprob
         gaps.append(gap)
         assert gap < NEAR_TIE_EPSILON, (
@@ -108,4 +97,59 @@ def test_bfloat16_divergences_are_near_ties(default_model, mode):
             f"{NEAR_TIE_EPSILON}: not a rounding near-tie"
         )
     # Most prompts must still match exactly; a broken drafter diverges everywhere.
-    assert len(gaps) <= len(prompts) // 2, f"{len(gaps)} of {len(prompts)} prompts diverged"
+    assert len(gaps) <= len(ref.batched) // 2, f"{len(gaps)} of {len(ref.batched)} prompts diverged"
+
+
+def test_float32_greedy_identical_with_every_mechanism_on(engines, default_model, mode, plain_f32):
+    """Cheap draft head and adaptive exit, with K held, and with a schedule that drafts only
+    for single requests (batched steps then run with K=0 inside the speculative engine)."""
+    k = 6
+    llm = _engine(engines, default_model, mode, SELF_SKIP)
+    head = llm.collective_rpc(lambda worker: list(worker.model_runner.drafter.draft_vocab))[0]
+    assert len(head) == 4096
+    switch_draft(llm, **MILD, draft_vocab=head, adaptive_exit=True, max_draft_tokens=k)
+    held = greedy_run(llm)
+    guarded = greedy_run(_engine(engines, default_model, mode, {
+        **SELF_SKIP, "num_speculative_tokens": k, "num_speculative_tokens_per_batch_size": [[1, 1, k], [2, 256, 0]]}))
+    for name, run in (("held K", held), ("K only at batch size 1", guarded)):
+        _assert_identical(plain_f32, run, name)
+        # Adaptive exit ended some drafts early, and drafting did happen.
+        assert run.spec.drafts > 0 and run.spec.draft_tokens < k * run.spec.drafts, (name, run.spec)
+        assert 0 < run.spec.accepted_tokens <= run.spec.draft_tokens
+    # The schedule kept batched steps from drafting: fewer drafts than with K held.
+    assert guarded.spec.drafts < held.spec.drafts
+
+
+@pytest.mark.parametrize("k", [1, 4, 8])
+def test_float32_greedy_identical(engines, default_model, mode, plain_f32, k):
+    """The mild skip set at fixed length K (full head, no exit): every draft runs K tokens."""
+    llm = _engine(engines, default_model, mode, SELF_SKIP)
+    switch_draft(llm, **MILD, max_draft_tokens=k)
+    run = greedy_run(llm)
+    _assert_identical(plain_f32, run)
+    # vLLM's own spec-decode metrics count the self_skip drafts, per position.
+    assert run.spec.drafts > 0 and run.spec.draft_tokens == k * run.spec.drafts
+    assert 0 < run.spec.accepted_tokens == sum(run.spec.accepted_per_position)
+    assert not any(run.spec.accepted_per_position[k:])
+    # One skipped attention sublayer: most drafts are right (wrong ones, e.g. drafts
+    # misplaced by a position, would still be lossless but rejected).
+    assert run.spec.acceptance_rate > 0.5, run.spec
+    compiled = llm.collective_rpc(_draft_compilation)[0]
+    if mode == "compiled":
+        assert compiled["wrapped"] and compiled["graphs"] >= 1, compiled
+    else:
+        assert compiled == {"wrapped": False, "graphs": 0}, compiled
+
+
+def test_float32_aggressive_skip_set_identical(engines, default_model, mode, plain_f32):
+    """A fifth of the sublayers skipped at K=8: many drafts rejected, output unchanged.
+
+    Rejected drafts leave stale draft KV in lookahead slots, which verification must
+    overwrite; a draft that skipped nothing would accept nearly everything.
+    """
+    llm = _engine(engines, default_model, mode, SELF_SKIP)
+    switch_draft(llm, **AGGRESSIVE, max_draft_tokens=MAX_K)
+    run = greedy_run(llm)
+    _assert_identical(plain_f32, run)
+    assert run.spec.drafts > 0 and run.spec.draft_tokens == MAX_K * run.spec.drafts
+    assert 0.05 < run.spec.acceptance_rate < 0.8, run.spec

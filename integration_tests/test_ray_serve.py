@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ def _llm_configs() -> list[dict]:
     return applications[0]["args"]["llm_configs"]
 
 
-def test_ray_serve_config_validates():
+def test_ray_serve_config_validates(ray_auth_token):
     import ray
     from ray.serve.llm import LLMConfig, build_openai_app
     from vllm.engine.arg_utils import EngineArgs
@@ -74,7 +76,16 @@ def _for_this_machine(raw: dict, model: str) -> dict:
     return config
 
 
-def test_ray_serve_config_serves_self_skip_on_local_ray(tiny_model_factory):
+def _replica_drafts(metrics_port: int) -> float:
+    """vLLM's spec-decode draft count summed over Serve replicas, from Ray's Prometheus endpoint
+    (Ray Serve LLM exports the engine's metrics there, tagged with the replica id)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(value) for value in re.findall(
+        r'^ray_vllm_spec_decode_num_drafts_total\{[^}]*ReplicaId="[^"]+"[^}]*\} (\S+)$', text, re.MULTILINE))
+
+
+def test_ray_serve_config_serves_self_skip_on_local_ray(tiny_model_factory, ray_auth_token):
     import openai
     import ray
     from ray import serve
@@ -114,6 +125,12 @@ def test_ray_serve_config_serves_self_skip_on_local_ray(tiny_model_factory):
             for p in PROMPTS
         ]
         assert served == expected
+
+        # The replica's engine drafted: Ray's metrics agent exports it every few seconds.
+        deadline = time.monotonic() + 60
+        while _replica_drafts(context.address_info["metrics_export_port"]) == 0:
+            assert time.monotonic() < deadline, "the replica's engine exported no spec-decode drafts in 60 s"
+            time.sleep(2)
 
         # The replica's engine drafted with self_skip: the proposer announced itself in its log.
         logs = Path(context.address_info["session_dir"]) / "logs"

@@ -14,7 +14,7 @@ import pytest
 from vllm import SamplingParams
 
 from integration_tests.helpers import removing_leaked_cpu_shm
-from vllm_selfspec.engine_runs import chat_prompts, make_llm, release
+from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.glue.patches import RAY_ON_CPU_TEST_SHIM_ENV_VAR
 from vllm_selfspec.prompts import load_prompt_set
 
@@ -38,8 +38,8 @@ def omp_binding_for_two_ranks() -> str:
     return f"{cores[0]}|{cores[1]}" if len(cores) >= 2 else "nobind"
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
+@pytest.fixture
+def ray_cluster(ray_auth_token):
     """A local Ray cluster on loopback with two logical slots, the test-only shim switched on."""
     import ray
 
@@ -117,6 +117,8 @@ def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_m
     llm = make_llm(model, SELF_SKIP, **TP_ENGINE)
     try:
         assert _generate(llm, prompts) == expected
+        drafted = SpecDecodeCounts.read(llm)
+        assert drafted.drafts > 0, f"self_skip never drafted at TP 2 on Ray: {drafted}"
 
         workers = llm.collective_rpc(_describe_worker)
         assert sorted(w["rank"] for w in workers) == [0, 1]
@@ -135,7 +137,8 @@ def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_m
             assert "rank 0:" in report and "skip_attn=[1]" in report
             assert "rank 1:" in report and "skip_attn=[3]" in report and "differs from rank 0" in report
 
-        # The failed reload left the agreed draft in place; the engine still serves, losslessly.
+        # The failed reload left the agreed draft in place; the engine still drafts, losslessly.
         assert _generate(llm, prompts) == expected
+        assert SpecDecodeCounts.read(llm).minus(drafted).drafts > 0
     finally:
         release(llm)

