@@ -184,9 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         if mutant is None and status:
             baseline_failed = True
             print(f"--- the baseline failed; pytest output (tail):\n{tail(output)}\n", flush=True)
+        reason = next((line for line in output.splitlines() if line.startswith("E ")), "")
+        if mutant is not None and status and "Timeout" in reason:
+            status = 0  # a timeout is no evidence that the test saw the fault
         if mutant is not None and not status:
             survived += 1
             print(f"--- {mutant} survived; pytest output (tail):\n{tail(output)}\n", flush=True)
+        elif mutant is not None:
+            print(f"    {reason[:300]}", flush=True)
         caught = "-" if mutant is None else "yes" if status else "no"
         rows.append((label, caught, f"{seconds:.1f}", node or "-"))
 
