@@ -16,6 +16,7 @@ from vllm.v1.metrics.prometheus import unregister_vllm_metrics
 
 from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.prompts import load_prompt_set
+from vllm_selfspec.tune import TUNING_WORKER_EXTENSION
 
 CPU_SHM_SEGMENTS = "/dev/shm/*-cpushm_*"
 """Shared-memory segments of vLLM's CPU all-reduce, one per tensor-parallel rank."""
@@ -64,9 +65,6 @@ class GreedyRun:
     """Per batched output, vLLM's top logprobs at each token (when asked for)."""
 
 
-DRAFT_SWITCHING_EXTENSION = "vllm_selfspec.glue.tuning_worker.DraftSwitchingWorkerExtension"
-
-
 class EnginePool:
     """Engines shared by every test of a session, keyed by their whole configuration.
 
@@ -80,18 +78,16 @@ class EnginePool:
     def __init__(self, capacity: int = 4):
         self.capacity = capacity
         self._live: OrderedDict[str, tuple[LLM, list]] = OrderedDict()
-        self.starts = 0
 
     def get(self, model: str, speculative_config: dict | None = None, **engine_kwargs) -> LLM:
         if speculative_config and speculative_config.get("method") == "self_skip":
-            engine_kwargs.setdefault("worker_extension_cls", DRAFT_SWITCHING_EXTENSION)
+            engine_kwargs.setdefault("worker_extension_cls", TUNING_WORKER_EXTENSION)
         key = json.dumps([model, speculative_config, engine_kwargs], sort_keys=True)
         if key not in self._live:
             while len(self._live) >= self.capacity:
                 release(self._live.popitem(last=False)[1][0])
             llm = make_llm(model, copy.deepcopy(speculative_config), **engine_kwargs)
             self._live[key] = (llm, _vllm_collectors())
-            self.starts += 1
         self._live.move_to_end(key)
         llm, collectors = self._live[key]
         _activate(collectors)
