@@ -61,13 +61,13 @@ MUTANTS = {
 CATCHING_TESTS = {
     "skip-set-ignored": [
         "tests/test_draft_model_skips.py",
-        "integration_tests/test_lossless.py::test_float32_aggressive_skip_set_identical[eager]",
+        "integration_tests/test_lossless.py::test_float32_aggressive_skip_set_identical",
     ],
-    "kv-one-slot-early": ["integration_tests/test_lossless.py::test_float32_aggressive_skip_set_identical[eager]"],
+    "kv-one-slot-early": ["integration_tests/test_lossless.py::test_float32_aggressive_skip_set_identical"],
     "draft-probs-temperature-1": ["integration_tests/test_sampling.py::test_draft_probabilities_follow_the_request"],
     "draft-top-p-ignored": ["integration_tests/test_sampling.py::test_draft_probabilities_follow_the_request"],
     "drafts-shifted": [
-        "integration_tests/test_lossless.py::test_float32_greedy_identical[eager-4]",
+        "integration_tests/test_lossless.py::test_float32_greedy_identical[4]",
         "integration_tests/test_sampling.py::test_sampled_tokens_follow_the_target_distribution"
         "[probabilistic-full-head-fixed-length]",
     ],

@@ -7,10 +7,14 @@ fifth of the sublayers, so that many drafts are rejected) at K=8, and every mech
 on (cheap draft head, adaptive exit, a batch-size schedule).
 bfloat16: plain vLLM itself is not batch-invariant, so every divergence must sit at
 a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON).
-Both compilation modes: vLLM's default (torch.compile) and enforce_eager.
 
-Engines come from the session's pool: one self_skip engine per mode and dtype, its
-draft switched in place (``switch_draft``) between tests.
+These run with enforce_eager. vLLM's default mode (torch.compile, the mode users run)
+gets one test with every mechanism on and the aggressive skip set: a compiled engine
+starts in over three minutes here, and every switch of skip set or draft head
+compiles the draft again, so the compiled engines run one configuration each.
+
+Engines come from the session's pool: one self_skip engine per dtype, its draft
+switched in place (``switch_draft``) between tests.
 """
 
 from __future__ import annotations
@@ -40,21 +44,21 @@ AGGRESSIVE = {"skip_attn": list(range(12, 18)), "skip_mlp": list(range(12, 18))}
 """12 of 60 sublayers (a fifth): the middle block, attention and MLP."""
 
 
-@pytest.fixture(scope="module", params=["compiled", "eager"])
-def mode(request):
-    return request.param
+
+def _engine(engines, default_model, spec=None, mode="eager"):
+    return engines.get(default_model, spec, **FLOAT32, **COMPILATION_MODES[mode])
 
 
-def _engine(engines, default_model, mode, spec=None, **kwargs):
-    return engines.get(default_model, spec, **{**FLOAT32, **COMPILATION_MODES[mode], **kwargs})
-
-
-@pytest.fixture(scope="module")
-def plain_f32(engines, default_model, mode):
-    run = greedy_run(_engine(engines, default_model, mode))
+def _plain_run(engines, default_model, mode="eager"):
+    run = greedy_run(_engine(engines, default_model, mode=mode))
     # The premise of exact comparison: float32 plain vLLM is batch-invariant here.
     assert len(run.single) == 4 and all(run.batched[i] == out for i, out in run.single.items())
     return run
+
+
+@pytest.fixture(scope="module")
+def plain_f32(engines, default_model):
+    return _plain_run(engines, default_model)
 
 
 def _assert_identical(reference, run, name=""):
@@ -76,12 +80,31 @@ def _draft_compilation(worker) -> dict:
     return {"wrapped": hasattr(draft.forward, "_torchdynamo_orig_callable"), "graphs": len(entries)}
 
 
-def test_bfloat16_divergences_are_near_ties(engines, default_model, mode):
+def test_compiled_float32_identical_with_every_mechanism_on(engines, default_model):
+    """vLLM's default mode: the draft is compiled, and output stays identical.
+
+    First in the file, so that the eager engines the later tests and test_sampling.py
+    share stay in the pool.
+
+    The aggressive skip set with the cheap draft head and adaptive exit, K=8 held: the
+    engine's start-up configuration, so the draft compiles once.
+    """
+    plain = _plain_run(engines, default_model, mode="compiled")
+    llm = _engine(engines, default_model, {**SELF_SKIP, **AGGRESSIVE}, mode="compiled")
+    run = greedy_run(llm)
+    _assert_identical(plain, run, "compiled")
+    assert run.spec.drafts > 0 and 0 < run.spec.accepted_tokens < run.spec.draft_tokens, run.spec
+    assert run.spec.draft_tokens < MAX_K * run.spec.drafts, run.spec  # adaptive exit ended drafts early
+    compiled = llm.collective_rpc(_draft_compilation)[0]
+    assert compiled["wrapped"] and compiled["graphs"] >= 1, compiled
+
+
+def test_bfloat16_divergences_are_near_ties(engines, default_model):
     """The shipped profile (cheap head, adaptive exit) with K=4 held, against plain bfloat16."""
-    engine = COMPILATION_MODES[mode]
-    ref = greedy_run(engines.get(default_model, None, dtype="bfloat16", **engine), singles=0, logprobs=2)
+    engine = dict(dtype="bfloat16", **COMPILATION_MODES["eager"])
+    ref = greedy_run(engines.get(default_model, None, **engine), singles=0, logprobs=2)
     spec = {"method": "self_skip", "num_speculative_tokens": 4, "num_speculative_tokens_per_batch_size": [[1, 1, 4]]}
-    run = greedy_run(engines.get(default_model, spec, dtype="bfloat16", **engine), singles=0)
+    run = greedy_run(engines.get(default_model, spec, **engine), singles=0)
     assert run.spec.drafts > 0 and run.spec.accepted_tokens > 0, run.spec
     gaps = []
     for i, (expected, got) in enumerate(zip(ref.batched, run.batched)):
@@ -100,16 +123,16 @@ def test_bfloat16_divergences_are_near_ties(engines, default_model, mode):
     assert len(gaps) <= len(ref.batched) // 2, f"{len(gaps)} of {len(ref.batched)} prompts diverged"
 
 
-def test_float32_greedy_identical_with_every_mechanism_on(engines, default_model, mode, plain_f32):
+def test_float32_greedy_identical_with_every_mechanism_on(engines, default_model, plain_f32):
     """Cheap draft head and adaptive exit, with K held, and with a schedule that drafts only
     for single requests (batched steps then run with K=0 inside the speculative engine)."""
     k = 6
-    llm = _engine(engines, default_model, mode, SELF_SKIP)
+    llm = _engine(engines, default_model, SELF_SKIP)
     head = llm.collective_rpc(lambda worker: list(worker.model_runner.drafter.draft_vocab))[0]
     assert len(head) == 4096
     switch_draft(llm, **MILD, draft_vocab=head, adaptive_exit=True, max_draft_tokens=k)
     held = greedy_run(llm)
-    guarded = greedy_run(_engine(engines, default_model, mode, {
+    guarded = greedy_run(_engine(engines, default_model, {
         **SELF_SKIP, "num_speculative_tokens": k, "num_speculative_tokens_per_batch_size": [[1, 1, k], [2, 256, 0]]}))
     for name, run in (("held K", held), ("K only at batch size 1", guarded)):
         _assert_identical(plain_f32, run, name)
@@ -121,9 +144,9 @@ def test_float32_greedy_identical_with_every_mechanism_on(engines, default_model
 
 
 @pytest.mark.parametrize("k", [1, 4, 8])
-def test_float32_greedy_identical(engines, default_model, mode, plain_f32, k):
+def test_float32_greedy_identical(engines, default_model, plain_f32, k):
     """The mild skip set at fixed length K (full head, no exit): every draft runs K tokens."""
-    llm = _engine(engines, default_model, mode, SELF_SKIP)
+    llm = _engine(engines, default_model, SELF_SKIP)
     switch_draft(llm, **MILD, max_draft_tokens=k)
     run = greedy_run(llm)
     _assert_identical(plain_f32, run)
@@ -134,22 +157,19 @@ def test_float32_greedy_identical(engines, default_model, mode, plain_f32, k):
     # One skipped attention sublayer: most drafts are right (wrong ones, e.g. drafts
     # misplaced by a position, would still be lossless but rejected).
     assert run.spec.acceptance_rate > 0.5, run.spec
-    compiled = llm.collective_rpc(_draft_compilation)[0]
-    if mode == "compiled":
-        assert compiled["wrapped"] and compiled["graphs"] >= 1, compiled
-    else:
-        assert compiled == {"wrapped": False, "graphs": 0}, compiled
+    assert llm.collective_rpc(_draft_compilation)[0] == {"wrapped": False, "graphs": 0}
 
 
-def test_float32_aggressive_skip_set_identical(engines, default_model, mode, plain_f32):
+def test_float32_aggressive_skip_set_identical(engines, default_model, plain_f32):
     """A fifth of the sublayers skipped at K=8: many drafts rejected, output unchanged.
 
     Rejected drafts leave stale draft KV in lookahead slots, which verification must
     overwrite; a draft that skipped nothing would accept nearly everything.
     """
-    llm = _engine(engines, default_model, mode, SELF_SKIP)
+    llm = _engine(engines, default_model, SELF_SKIP)
     switch_draft(llm, **AGGRESSIVE, max_draft_tokens=MAX_K)
     run = greedy_run(llm)
     _assert_identical(plain_f32, run)
     assert run.spec.drafts > 0 and run.spec.draft_tokens == MAX_K * run.spec.drafts
     assert 0.05 < run.spec.acceptance_rate < 0.8, run.spec
+
