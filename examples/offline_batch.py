@@ -9,7 +9,7 @@ def main() -> None:
     if len(sys.argv) > 1:
         model = sys.argv[1]
     else:
-        from vllm_selfspec.model_prep import prepare_default_model
+        from vllm_selfspec.tools.model_prep import prepare_default_model
 
         model = str(prepare_default_model())
     llm = LLM(model=model, speculative_config={"method": "self_skip"}, max_model_len=2048,

@@ -33,8 +33,8 @@ def main() -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         import ray
 
-        from vllm_selfspec.model_prep import prepare_default_model
-        from vllm_selfspec.tiny_models import write_tiny_model
+        from vllm_selfspec.tools.model_prep import prepare_default_model
+        from vllm_selfspec.tools.tiny_models import write_tiny_model
 
         work = Path(tempfile.mkdtemp())
         # ray.init turns on token authentication; the token is this run's own, not ~/.ray/auth_token.
@@ -50,7 +50,7 @@ def main() -> None:
 
     from vllm import LLM, SamplingParams
 
-    from vllm_selfspec.engine_runs import SpecDecodeCounts
+    from vllm_selfspec.tools.engine_runs import SpecDecodeCounts
 
     speculative_config = {"method": "self_skip", "num_speculative_tokens": 4}
     if args.profile:

@@ -13,7 +13,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 from integration_tests.helpers import EnginePool  # noqa: E402
-from vllm_selfspec.tiny_models import write_tiny_model  # noqa: E402
+from vllm_selfspec.tools.tiny_models import write_tiny_model  # noqa: E402
 
 ENGINE_FILE_ORDER = ("test_lossless.py", "test_sampling.py")
 """Run first, next to each other: they share the default model's float32 engines."""
@@ -49,7 +49,7 @@ def _pooled_engines_only_where_used(request):
 @pytest.fixture(scope="session")
 def default_model() -> str:
     """The embedded SmolLM2-135M-Instruct, converted once by ``prepare-model``."""
-    from vllm_selfspec.model_prep import prepare_default_model
+    from vllm_selfspec.tools.model_prep import prepare_default_model
 
     return str(prepare_default_model())
 

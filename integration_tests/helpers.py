@@ -14,9 +14,9 @@ from prometheus_client import REGISTRY
 from vllm import LLM, SamplingParams
 from vllm.v1.metrics.prometheus import unregister_vllm_metrics
 
-from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
-from vllm_selfspec.prompts import load_prompt_set
-from vllm_selfspec.tune import TUNING_WORKER_EXTENSION
+from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
+from vllm_selfspec.tools.prompts import load_prompt_set
+from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
 
 CPU_SHM_SEGMENTS = "/dev/shm/*-cpushm_*"
 """Shared-memory segments of vLLM's CPU all-reduce, one per tensor-parallel rank."""
@@ -81,7 +81,7 @@ class EnginePool:
 
     def get(self, model: str, speculative_config: dict | None = None, **engine_kwargs) -> LLM:
         if speculative_config and speculative_config.get("method") == "self_skip":
-            engine_kwargs.setdefault("worker_extension_cls", TUNING_WORKER_EXTENSION)
+            engine_kwargs.setdefault("worker_extension_cls", DRAFT_SWITCHING_EXTENSION)
         key = json.dumps([model, speculative_config, engine_kwargs], sort_keys=True)
         if key not in self._live:
             while len(self._live) >= self.capacity:

@@ -13,7 +13,7 @@ import pytest
 
 from integration_tests.helpers import CPU_SHM_SEGMENTS, removing_leaked_cpu_shm
 from integration_tests.server import free_port
-from vllm_selfspec.model_prep import cache_dir
+from vllm_selfspec.tools.model_prep import cache_dir
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 

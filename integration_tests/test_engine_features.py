@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from vllm import SamplingParams
 
-from vllm_selfspec.engine_runs import chat_prompts, make_llm, release
-from vllm_selfspec.prompts import load_prompt_set
+from vllm_selfspec.tools.engine_runs import chat_prompts, make_llm, release
+from vllm_selfspec.tools.prompts import load_prompt_set
 
 pytestmark = pytest.mark.engine
 

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 def test_evaluate_short_run(tmp_path):
     out = tmp_path / "evaluate"
-    run = subprocess.run([sys.executable, "-m", "vllm_selfspec.cli", "evaluate", "--out", str(out), "--eager",
+    run = subprocess.run([sys.executable, "-m", "vllm_selfspec.tools.cli", "evaluate", "--out", str(out), "--eager",
                           "--max-tokens", "8", "--rounds", "1"], capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

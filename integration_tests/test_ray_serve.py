@@ -92,7 +92,7 @@ def test_ray_serve_config_serves_self_skip_on_local_ray(tiny_model_factory, ray_
     from ray.serve.llm import build_openai_app
     from vllm import SamplingParams
 
-    from vllm_selfspec.engine_runs import make_llm, release
+    from vllm_selfspec.tools.engine_runs import make_llm, release
 
     model = tiny_model_factory("llama")
     plain = make_llm(model, None, dtype="float32", enforce_eager=True, max_model_len=512,

@@ -14,9 +14,9 @@ import pytest
 from vllm import SamplingParams
 
 from integration_tests.helpers import removing_leaked_cpu_shm
-from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
+from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.glue.patches import RAY_ON_CPU_TEST_SHIM_ENV_VAR
-from vllm_selfspec.prompts import load_prompt_set
+from vllm_selfspec.tools.prompts import load_prompt_set
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 

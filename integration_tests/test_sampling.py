@@ -40,7 +40,7 @@ from scipy.stats import chi2, norm
 from vllm import SamplingParams
 
 from integration_tests.helpers import switch_draft
-from vllm_selfspec.engine_runs import SpecDecodeCounts, chat_prompts
+from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts
 
 pytestmark = pytest.mark.engine
 

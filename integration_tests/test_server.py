@@ -18,7 +18,7 @@ import pytest
 
 from integration_tests.helpers import first_difference
 from integration_tests.server import ENGINE_STARTED, INFO_LOGS, VllmServer
-from vllm_selfspec.prompts import load_prompt_set
+from vllm_selfspec.tools.prompts import load_prompt_set
 
 pytestmark = pytest.mark.engine
 

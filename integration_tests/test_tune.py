@@ -24,7 +24,7 @@ def _tune(default_model, tmp_path, *argv, info_logs=False, **popen):
     """Start ``vllm-selfspec tune``; ``info_logs``: vLLM logs at INFO, so ENGINE_STARTED shows an engine."""
     prompts = tmp_path / "calibration.txt"
     prompts.write_text("Name three colours.\nWhat is two plus two?\n")
-    command = [sys.executable, "-m", "vllm_selfspec.cli", "tune", default_model, "--prompts", str(prompts),
+    command = [sys.executable, "-m", "vllm_selfspec.tools.cli", "tune", default_model, "--prompts", str(prompts),
                "--out", str(tmp_path / "profile.json"), "--eager", "--max-tokens", "8", "--draft-lengths", "2,3",
                "--draft-vocab-sizes", "0,4096", "--schedule-batch-sizes", "1,2", *argv]
     popen.setdefault("stdout", subprocess.PIPE)

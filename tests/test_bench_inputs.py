@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from vllm_selfspec.bench import BenchInputError, add_arguments, validate
+from vllm_selfspec.tools.bench.command import BenchInputError, add_arguments, validate
 
 
 def _args(tmp_path, *argv):

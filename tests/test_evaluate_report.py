@@ -1,6 +1,6 @@
 """`vllm-selfspec evaluate`'s fixed patterns, criteria and report, from synthetic rows."""
 
-from vllm_selfspec.evaluate import TUNED, fixed_patterns, must_show_checks, render_report
+from vllm_selfspec.tools.evaluate import TUNED, fixed_patterns, must_show_checks, render_report
 
 
 def test_fixed_patterns_for_30_layers():

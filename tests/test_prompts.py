@@ -1,6 +1,6 @@
 import pytest
 
-from vllm_selfspec.prompts import PromptSetError, load_prompt_set
+from vllm_selfspec.tools.prompts import PromptSetError, load_prompt_set
 
 
 def test_shipped_and_humaneval_sets():

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_selfspec.bench import BenchSettings, Row
-from vllm_selfspec.report import build_results, markdown
+from vllm_selfspec.tools.bench.command import BenchSettings, Row
+from vllm_selfspec.tools.bench.report import build_results, markdown
 
 ENGINES = {
     "plain": {"shape": {"num_layers": 2, "attn_params": 10, "mlp_params": 30, "lm_head_params": 20},

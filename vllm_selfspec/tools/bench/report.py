@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import textwrap
 from pathlib import Path
 
@@ -42,8 +43,6 @@ def _ideal_draft_share(method: str, engine: dict) -> float | None:
 
 def build_results(rows, engines: dict, settings, machine: dict, seconds: float) -> dict:
     """Every row with its derived figures, compared with plain vLLM on the same workload."""
-    from vllm_selfspec.bench import settings_as_dict
-
     plain = {(r.prompt_set, r.sampling, r.batch_size): r for r in rows if r.method == "plain"}
     entries = []
     for row in rows:
@@ -338,3 +337,11 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
     markdown_path = out / "report.md"
     markdown_path.write_text(markdown(results))
     return {"json": json_path, "markdown": markdown_path, "plots": png_paths}
+
+
+def settings_as_dict(settings) -> dict:
+    """The settings as plain data for the JSON report (prompt texts left out)."""
+    data = asdict(settings)
+    data["prompt_sets"] = {name: len(prompts) for name, prompts in settings.prompt_sets.items()}
+    data["out"] = str(settings.out)
+    return json.loads(json.dumps(data))
