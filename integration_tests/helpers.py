@@ -14,9 +14,10 @@ from prometheus_client import REGISTRY
 from vllm import LLM, SamplingParams
 from vllm.v1.metrics.prometheus import unregister_vllm_metrics
 
+from vllm_selfspec.core.draft_settings import DraftSettings
+from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
 from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.tools.prompts import load_prompt_set
-from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
 
 CPU_SHM_SEGMENTS = "/dev/shm/*-cpushm_*"
 """Shared-memory segments of vLLM's CPU all-reduce, one per tensor-parallel rank."""
@@ -65,6 +66,10 @@ class GreedyRun:
     """Per batched output, vLLM's top logprobs at each token (when asked for)."""
 
 
+POOLED_KV_CACHE_BYTES = 1 << 30
+"""Half the tools' CPU default, so that the pool's engines fit in this machine's memory together."""
+
+
 class EnginePool:
     """Engines shared by every test of a session, keyed by their whole configuration.
 
@@ -80,6 +85,7 @@ class EnginePool:
         self._live: OrderedDict[str, tuple[LLM, list]] = OrderedDict()
 
     def get(self, model: str, speculative_config: dict | None = None, **engine_kwargs) -> LLM:
+        engine_kwargs.setdefault("kv_cache_memory_bytes", POOLED_KV_CACHE_BYTES)
         if speculative_config and speculative_config.get("method") == "self_skip":
             engine_kwargs.setdefault("worker_extension_cls", DRAFT_SWITCHING_EXTENSION)
         key = json.dumps([model, speculative_config, engine_kwargs], sort_keys=True)
@@ -116,13 +122,15 @@ def _activate(collectors: list) -> None:
         REGISTRY.register(collector)
 
 
-def switch_draft(llm: LLM, *, skip_attn: list[int], skip_mlp: list[int], draft_vocab: list[int] = (),
-                 adaptive_exit: bool = False, target_acceptance: float = 0.9,
-                 max_draft_tokens: int | None = None) -> str:
-    """Install these draft settings in every worker of a pooled self_skip engine; return the plan."""
-    return llm.collective_rpc("selfspec_configure_draft", args=(
-        list(skip_attn), list(skip_mlp), list(draft_vocab), adaptive_exit, target_acceptance, max_draft_tokens,
-    ))[0]
+def switch_draft(llm: LLM, *, skip_attn: list[int], skip_mlp: list[int], num_speculative_tokens: int,
+                 draft_vocab: list[int] = (), adaptive_exit: bool = False, target_acceptance: float = 0.9) -> str:
+    """Install these draft settings in every worker of a pooled self_skip engine; return the plan.
+
+    ``num_speculative_tokens`` caps the draft length under the engine's K."""
+    settings = DraftSettings(skip_attn=tuple(skip_attn), skip_mlp=tuple(skip_mlp),
+                             num_speculative_tokens=num_speculative_tokens, draft_vocab=tuple(draft_vocab),
+                             adaptive_exit=adaptive_exit, draft_exit_target_acceptance=target_acceptance)
+    return llm.collective_rpc("selfspec_configure_draft", args=(settings.to_builtins(),))[0]
 
 
 def greedy_run(llm: LLM, *, max_tokens: int = 128, singles: int = 4, num_prompts: int = 16,

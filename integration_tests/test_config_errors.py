@@ -8,6 +8,7 @@ import pytest
 from vllm.engine.arg_utils import EngineArgs
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.core.profile import ModelIdentity, SkipProfile, save_profile
 from vllm_selfspec.glue.config import SelfSkipSpeculativeConfig
 
@@ -25,7 +26,7 @@ def test_valid_config_resolves_skip_set_and_runner(tiny_llama):
     config = build_config(tiny_llama, {"method": "self-skip", "skip_attn": [1, 2], "skip_mlp": [3]})
     spec = config.speculative_config
     assert isinstance(spec, SelfSkipSpeculativeConfig) and spec.method == "self_skip"
-    assert (spec.skip_attn, spec.skip_mlp, spec.skip_source) == ([1, 2], [3], "explicit")
+    assert (spec.draft.skip_attn, spec.draft.skip_mlp, spec.skip_source) == ((1, 2), (3,), "explicit")
     assert spec.num_speculative_tokens == 4  # documented default without a profile
     # Model Runner V2 (vLLM's GPU default) cannot host the proposer: vLLM is told so
     # and falls back to the V1 runner.
@@ -57,7 +58,7 @@ def test_other_methods_are_untouched(tiny_llama):
         ({"model": "some/draft-model"}, "speculative_config.model", "drafts with the target model"),
         ({"draft_vocab_size": 10**6}, "draft_vocab_size", "larger than the model's vocabulary"),
         ({"draft_exit_target_acceptance": 1.5}, "draft_exit_target_acceptance", "strictly between 0 and 1"),
-        ({"adaptive_exit": "sometimes"}, "adaptive_exit", "valid boolean"),
+        ({"adaptive_exit": "sometimes"}, "adaptive_exit", "expected true or false"),
         ({"num_speculative_tokens_per_batch_size": [[4, 8, 2]]}, "num_speculative_tokens_per_batch_size",
          "must start at batch size 1"),
         ({"draft_vocab_sizee": 10}, "draft_vocab_sizee", "did you mean 'draft_vocab_size'"),
@@ -76,8 +77,8 @@ def test_schedule_that_never_drafts_means_plain_vllm(tiny_llama, tmp_path):
 
     identity = identity_from_hf_config(tiny_llama, AutoConfig.from_pretrained(tiny_llama))
     path = tmp_path / "never.json"
-    save_profile(SkipProfile(model=identity, skip_attn=[1], skip_mlp=[], num_speculative_tokens=3,
-                             num_speculative_tokens_per_batch_size=[(1, 8, 0)]), path)
+    save_profile(SkipProfile(model=identity, draft=DraftSettings(
+        skip_attn=(1,), skip_mlp=(), num_speculative_tokens=3, num_speculative_tokens_per_batch_size=((1, 8, 0),))), path)
     assert build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path)}).speculative_config is None
     # The user's own schedule wins over the profile's.
     config = build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path),
@@ -98,12 +99,12 @@ def test_draft_length_below_one(tiny_llama):
 def test_profiles_for_another_model_or_malformed(tiny_llama, default_model, tmp_path):
     other = ModelIdentity("SmolLM2-135M-Instruct", "LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152)
     path = tmp_path / "other.json"
-    save_profile(SkipProfile(model=other, skip_attn=[7], skip_mlp=[], num_speculative_tokens=3), path)
+    save_profile(SkipProfile(model=other, draft=DraftSettings(skip_attn=(7,), skip_mlp=(), num_speculative_tokens=3)), path)
     with pytest.raises(ValueError, match="skip_profile.*made for another model"):
         build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path)})
     # The same profile is accepted for the model it was made for.
     ok = build_config(default_model, {"method": "self_skip", "skip_profile": str(path)})
-    assert ok.speculative_config.skip_attn == [7] and ok.speculative_config.num_speculative_tokens == 3
+    assert ok.speculative_config.draft.skip_attn == (7,) and ok.speculative_config.num_speculative_tokens == 3
     path.write_text(json.dumps({"model": "x"}))
     with pytest.raises(ValueError, match="skip_profile.*not a valid profile"):
         build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path)})
@@ -139,7 +140,7 @@ def test_serve_flags(tiny_llama):
     args = _engine_args(["--model", tiny_llama, "--spec-method", "self_skip", "--max-model-len", "512", "-sc",
                          json.dumps({"skip_attn": [1], "num_speculative_tokens": 2})])
     spec = args.create_engine_config().speculative_config
-    assert spec.skip_attn == [1] and spec.num_speculative_tokens == 2
+    assert spec.draft.skip_attn == (1,) and spec.num_speculative_tokens == 2
     # Any other --speculative-model value is a draft model, as --spec-model.
     assert _engine_args(["--model", tiny_llama, "--speculative-model", tiny_llama]).spec_model == tiny_llama
 

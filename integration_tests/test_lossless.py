@@ -130,7 +130,7 @@ def test_float32_greedy_identical_with_every_mechanism_on(engines, default_model
     llm = _engine(engines, default_model, SELF_SKIP)
     head = llm.collective_rpc(lambda worker: list(worker.model_runner.drafter.draft_vocab))[0]
     assert len(head) == 4096
-    switch_draft(llm, **MILD, draft_vocab=head, adaptive_exit=True, max_draft_tokens=k)
+    switch_draft(llm, **MILD, draft_vocab=head, adaptive_exit=True, num_speculative_tokens=k)
     held = greedy_run(llm)
     guarded = greedy_run(_engine(engines, default_model, {
         **SELF_SKIP, "num_speculative_tokens": k, "num_speculative_tokens_per_batch_size": [[1, 1, k], [2, 256, 0]]}))
@@ -147,7 +147,7 @@ def test_float32_greedy_identical_with_every_mechanism_on(engines, default_model
 def test_float32_greedy_identical(engines, default_model, plain_f32, k):
     """The mild skip set at fixed length K (full head, no exit): every draft runs K tokens."""
     llm = _engine(engines, default_model, SELF_SKIP)
-    switch_draft(llm, **MILD, max_draft_tokens=k)
+    switch_draft(llm, **MILD, num_speculative_tokens=k)
     run = greedy_run(llm)
     _assert_identical(plain_f32, run)
     # vLLM's own spec-decode metrics count the self_skip drafts, per position.
@@ -167,7 +167,7 @@ def test_float32_aggressive_skip_set_identical(engines, default_model, plain_f32
     overwrite; a draft that skipped nothing would accept nearly everything.
     """
     llm = _engine(engines, default_model, SELF_SKIP)
-    switch_draft(llm, **AGGRESSIVE, max_draft_tokens=MAX_K)
+    switch_draft(llm, **AGGRESSIVE, num_speculative_tokens=MAX_K)
     run = greedy_run(llm)
     _assert_identical(plain_f32, run)
     assert run.spec.drafts > 0 and run.spec.draft_tokens == MAX_K * run.spec.drafts

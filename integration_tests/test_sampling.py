@@ -77,11 +77,11 @@ HEADS = ["full-head-fixed-length", "cheap-head-adaptive-exit"]
 def _configure(llm, head: str) -> None:
     """Switch the pooled engine's draft to the full head at fixed length, or its cheap head + exit rule."""
     if head == "full-head-fixed-length":
-        switch_draft(llm, **MIDDLE_SKIP, max_draft_tokens=K)
+        switch_draft(llm, **MIDDLE_SKIP, num_speculative_tokens=K)
     else:
         vocab = llm.collective_rpc(_draft_vocab_at_start)[0]
         switch_draft(llm, **MIDDLE_SKIP, draft_vocab=vocab, adaptive_exit=True, target_acceptance=0.5,
-                     max_draft_tokens=K)
+                     num_speculative_tokens=K)
 
 
 def _draft_vocab_at_start(worker) -> list[int]:

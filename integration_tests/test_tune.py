@@ -42,10 +42,10 @@ def test_tune_writes_profile_and_resumes(default_model, tmp_path):
     profile = load_profile(tmp_path / "profile.json")
     assert profile.model.name == "SmolLM2-135M-Instruct" and profile.model.num_layers == 30
     assert profile.search.method == "optuna-tpe" and profile.search.trials_done == 2
-    assert profile.num_speculative_tokens in (2, 3) and profile.draft_vocab_size in (0, 4096)
+    assert profile.draft.num_speculative_tokens in (2, 3) and len(profile.draft.draft_vocab) in (0, 4096)
     assert profile.measured.tokens_per_s > 0 and 0 < profile.measured.acceptance_rate <= 1
     assert set(profile.measured.tokens_per_s_by_batch_size) == {1, 2}
-    assert profile.num_speculative_tokens_per_batch_size[0][0] == 1
+    assert profile.draft.num_speculative_tokens_per_batch_size[0][0] == 1
     assert (tmp_path / "profile.json.optuna-journal").is_file()
 
     second = _tune(default_model, tmp_path, "--budget", "3")
@@ -82,9 +82,10 @@ def _profile_of_trial(trial, num_layers: int = 30) -> dict:
 
 def _settings_of_profile(profile) -> dict:
     return {
-        "skip_attn": profile.skip_attn, "skip_mlp": profile.skip_mlp,
-        "num_speculative_tokens": profile.num_speculative_tokens, "draft_vocab_size": profile.draft_vocab_size,
-        "adaptive_exit": profile.adaptive_exit, "tokens_per_s": profile.measured.tokens_per_s,
+        "skip_attn": list(profile.draft.skip_attn), "skip_mlp": list(profile.draft.skip_mlp),
+        "num_speculative_tokens": profile.draft.num_speculative_tokens,
+        "draft_vocab_size": len(profile.draft.draft_vocab),
+        "adaptive_exit": profile.draft.adaptive_exit, "tokens_per_s": profile.measured.tokens_per_s,
         "acceptance_rate": profile.measured.acceptance_rate,
         "mean_acceptance_length": profile.measured.mean_acceptance_length,
     }
@@ -113,7 +114,7 @@ def test_ctrl_c_keeps_the_best_profile(default_model, tmp_path):
     trials = _completed_trials(journal)
     best = max(trials, key=lambda t: t.value)
     assert _settings_of_profile(profile) == _profile_of_trial(best), [t.value for t in trials]
-    assert bool(profile.draft_vocab_ranking) == (profile.draft_vocab_size > 0)
+    assert bool(profile.draft_vocab_ranking) == bool(profile.draft.draft_vocab)
 
 
 def test_bad_budget_is_refused_before_any_engine(default_model, tmp_path):

@@ -57,6 +57,11 @@ def test_measured_batch_criteria_are_met_or_not_by_the_ratio():
     assert met["profile as shipped >= 0.98x plain, batch 8"] is True
     not_met = {name: m for name, m, _ in must_show_checks(_rows(batch8_ratio=0.97))}
     assert not_met["profile as shipped >= 0.98x plain, batch 8"] is False
+    # The targets are the caller's (evaluate's --min-batched-ratio / --target-speedup).
+    lenient = {name: m for name, m, _ in must_show_checks(_rows(batch8_ratio=0.97), min_batched_ratio=0.95,
+                                                          target_speedup=1.5)}
+    assert lenient["profile as shipped >= 0.95x plain, batch 8"] is True
+    assert lenient["profile as shipped >= 1.50x plain, greedy batch 1"] is False
 
 
 def test_a_profile_that_never_drafts_is_not_measured_at_batch_8_and_32():

@@ -3,6 +3,7 @@ import json
 import msgspec
 import pytest
 
+from vllm_selfspec.core.draft_settings import DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.profile import (
     SHIPPED_PROFILES_DIR,
     ModelIdentity,
@@ -31,9 +32,9 @@ SMOL = ModelIdentity(
 TINY = ModelIdentity("tiny", "LlamaForCausalLM", 4, 64, 128, 4, 2, 1000)
 
 
-def _profile(identity=TINY, **kw):
-    return SkipProfile(model=identity, skip_attn=kw.pop("attn", [1]), skip_mlp=kw.pop("mlp", []),
-                       num_speculative_tokens=kw.pop("k", 3), **kw)
+def _profile(identity=TINY, attn=(1,), mlp=(), k=3, **kw):
+    return SkipProfile(model=identity, draft=DraftSettings(skip_attn=tuple(attn), skip_mlp=tuple(mlp),
+                                                           num_speculative_tokens=k), **kw)
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -91,24 +92,25 @@ def test_shipped_profiles_are_valid_and_found_for_default_model():
 def test_resolution_order(tmp_path):
     path = tmp_path / "p.json"
     save_profile(_profile(attn=[2], mlp=[3], k=5), path)
-    explicit = resolve_self_skip(TINY, 100, skip_attn=[0], skip_profile=str(path))
-    assert explicit.skip_set.attn == (0,) and explicit.skip_set.mlp == () and explicit.source == "explicit"
+    explicit, source = resolve_self_skip(TINY, 100, SelfSkipOptions(skip_attn=[0], skip_profile=str(path)))
+    assert (explicit.skip_attn, explicit.skip_mlp, source) == ((0,), (), "explicit")
     assert explicit.num_speculative_tokens == 5  # the profile still supplies K
-    from_profile = resolve_self_skip(TINY, 100, skip_profile=str(path), num_speculative_tokens=2)
-    assert (from_profile.skip_set.attn, from_profile.skip_set.mlp) == ((2,), (3,))
-    assert from_profile.num_speculative_tokens == 2 and from_profile.source.startswith("profile")
-    heuristic = resolve_self_skip(TINY, 100)
-    assert heuristic.skip_set == heuristic_skip_set(4) and heuristic.source == "heuristic"
+    from_profile, source = resolve_self_skip(TINY, 100, SelfSkipOptions(skip_profile=str(path)),
+                                             num_speculative_tokens=2)
+    assert (from_profile.skip_attn, from_profile.skip_mlp) == ((2,), (3,))
+    assert from_profile.num_speculative_tokens == 2 and source.startswith("profile")
+    heuristic, source = resolve_self_skip(TINY, 100)
+    assert heuristic.skip_set(4) == heuristic_skip_set(4) and source == "heuristic"
     assert heuristic.num_speculative_tokens == DEFAULT_NUM_SPECULATIVE_TOKENS
-    shipped = resolve_self_skip(SMOL, 2048)
-    assert shipped.source.startswith("shipped profile")
+    shipped, source = resolve_self_skip(SMOL, 2048)
+    assert source.startswith("shipped profile")
 
 
 def test_profile_for_another_model_is_refused(tmp_path):
     path = tmp_path / "p.json"
     save_profile(_profile(identity=SMOL, attn=[7]), path)
     with pytest.raises(SelfSkipConfigError, match="made for another model") as info:
-        resolve_self_skip(TINY, 100, skip_profile=str(path))
+        resolve_self_skip(TINY, 100, SelfSkipOptions(skip_profile=str(path)))
     assert "num_layers" in str(info.value) and "name" in str(info.value)
 
 

@@ -3,8 +3,10 @@
 import argparse
 import json
 
+import msgspec
 import pytest
 
+from vllm_selfspec.core.draft_settings import DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.profile import ModelIdentity, SkipProfile, load_profile, save_profile
 from vllm_selfspec.core.resolve import resolve_self_skip
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
@@ -63,25 +65,36 @@ def test_empty_prompts_file_is_refused(model_dir, tmp_path):
 
 def test_profile_for_another_model_at_out_is_refused(model_dir, tmp_path):
     other = ModelIdentity("other", "LlamaForCausalLM", 6, 64, 128, 4, 2, 1000)
-    save_profile(SkipProfile(model=other, skip_attn=[1], skip_mlp=[], num_speculative_tokens=3),
+    save_profile(SkipProfile(model=other, draft=DraftSettings(skip_attn=(1,), skip_mlp=(), num_speculative_tokens=3)),
                  tmp_path / "out" / "profile.json")
     with pytest.raises(TuneInputError, match="--out: .* holds a profile for another model .*num_layers: profile has 6, model has 4"):
         validate(_args(model_dir, tmp_path))
 
 
-def test_profile_v2_fields_round_trip_and_resolve(tmp_path):
+def _write_v2_profile(path, **fields):
+    """A format-version-2 file (flat fields), as tune wrote before version 3."""
+    path.write_text(json.dumps({"model": msgspec.to_builtins(TINY), "skip_attn": [1], "skip_mlp": [],
+                                "num_speculative_tokens": 3, "format_version": 2, **fields}))
+
+
+def test_v2_profile_reads_as_draft_settings_and_resolves(tmp_path):
     path = tmp_path / "p.json"
-    save_profile(SkipProfile(model=TINY, skip_attn=[1], skip_mlp=[2], num_speculative_tokens=3,
-                             draft_vocab_size=4, draft_vocab_ranking=[9, 8, 9], adaptive_exit=True,
-                             draft_exit_target_acceptance=0.8,
-                             num_speculative_tokens_per_batch_size=[(1, 4, 3), (5, 8, 0)]), path)
-    resolved = resolve_self_skip(TINY, 2048, skip_profile=str(path))
-    assert resolved.draft_vocab == (0, 1, 8, 9)
-    assert resolved.adaptive_exit and resolved.draft_exit_target_acceptance == 0.8
-    assert resolved.batch_size_schedule == [(1, 4, 3), (5, 8, 0)]
-    explicit = resolve_self_skip(TINY, 2048, skip_profile=str(path), draft_vocab_size=0, adaptive_exit=False,
-                                 batch_size_schedule=[[1, 2, 1]])
-    assert explicit.draft_vocab == () and not explicit.adaptive_exit and explicit.batch_size_schedule == [(1, 2, 1)]
+    _write_v2_profile(path, skip_mlp=[2], draft_vocab_size=4, draft_vocab_ranking=[9, 8, 9], adaptive_exit=True,
+                      draft_exit_target_acceptance=0.8, num_speculative_tokens_per_batch_size=[[1, 4, 3], [5, 8, 0]])
+    profile = load_profile(path)
+    assert profile.format_version == 3 and profile.draft == DraftSettings(
+        skip_attn=(1,), skip_mlp=(2,), num_speculative_tokens=3, draft_vocab=(0, 1, 8, 9), adaptive_exit=True,
+        draft_exit_target_acceptance=0.8, num_speculative_tokens_per_batch_size=((1, 4, 3), (5, 8, 0)))
+    resolved, _ = resolve_self_skip(TINY, 2048, SelfSkipOptions(skip_profile=str(path)))
+    assert resolved == profile.draft
+    explicit, _ = resolve_self_skip(TINY, 2048, SelfSkipOptions(skip_profile=str(path), draft_vocab_size=2,
+                                                                adaptive_exit=False), batch_size_schedule=[[1, 2, 1]])
+    assert explicit.draft_vocab == (8, 9) and not explicit.adaptive_exit
+    assert explicit.num_speculative_tokens_per_batch_size == ((1, 2, 1),)
+    resaved = tmp_path / "v3.json"
+    save_profile(profile, resaved)
+    assert json.loads(resaved.read_text())["draft"]["draft_vocab"] == [0, 1, 8, 9]
+    assert load_profile(resaved) == profile
 
 
 @pytest.mark.parametrize(
@@ -90,17 +103,24 @@ def test_profile_v2_fields_round_trip_and_resolve(tmp_path):
         ({"draft_vocab_size": 1001}, "draft_vocab_size: 1001 is larger than the model's vocabulary of 1000"),
         ({"adaptive_exit": "yes"}, "adaptive_exit: expected true or false"),
         ({"draft_exit_target_acceptance": 1.2}, "draft_exit_target_acceptance: expected a number strictly between"),
-        ({"batch_size_schedule": [[2, 4, 1]]}, "num_speculative_tokens_per_batch_size: entry \\[2, 4, 1\\] is out of order"),
     ],
 )
 def test_bad_draft_options_are_refused(options, words):
     with pytest.raises(SelfSkipConfigError, match=words):
-        resolve_self_skip(TINY, 2048, skip_attn=[1], **options)
+        resolve_self_skip(TINY, 2048, SelfSkipOptions(skip_attn=[1], **options))
+
+
+def test_bad_schedule_is_refused():
+    with pytest.raises(SelfSkipConfigError, match="num_speculative_tokens_per_batch_size: entry \\[2, 4, 1\\] is out of order"):
+        resolve_self_skip(TINY, 2048, SelfSkipOptions(skip_attn=[1]), batch_size_schedule=[[2, 4, 1]])
 
 
 def test_profile_with_oversized_draft_vocab_is_refused(tmp_path):
     path = tmp_path / "p.json"
-    save_profile(SkipProfile(model=TINY, skip_attn=[1], skip_mlp=[], num_speculative_tokens=3,
-                             draft_vocab_size=5000), path)
+    _write_v2_profile(path, draft_vocab_size=5000)
     with pytest.raises(SelfSkipConfigError, match="draft_vocab_size: 5000 is larger"):
+        load_profile(path)
+    save_profile(SkipProfile(model=TINY, draft=DraftSettings(skip_attn=(1,), skip_mlp=(), num_speculative_tokens=3,
+                                                             draft_vocab=(5, 2))), path)
+    with pytest.raises(SelfSkipConfigError, match="draft.draft_vocab: token ids must be distinct, ascending"):
         load_profile(path)

@@ -8,12 +8,13 @@ from pathlib import Path
 import msgspec
 
 from vllm_selfspec.core.adaptive_exit import DEFAULT_TARGET_ACCEPTANCE, check_target_acceptance
-from vllm_selfspec.core.draft_vocab import check_draft_vocab_size
+from vllm_selfspec.core.draft_settings import DraftSettings
+from vllm_selfspec.core.draft_vocab import check_draft_vocab_size, draft_vocab
 from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet
 
-PROFILE_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
-"""Version 2 added the draft head, adaptive exit and batch-size schedule; version-1 files read as before."""
+PROFILE_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+"""Version 3 holds the draft's settings as one ``draft`` value; versions 1 and 2 (flat fields) read as before."""
 SHIPPED_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 
@@ -74,29 +75,51 @@ class SearchSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class SkipProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A skip profile file: which sublayers to skip for one model, and how far to draft."""
+    """A skip profile file: the draft's tuned settings for one model, and how they were found."""
 
     model: ModelIdentity
-    skip_attn: list[int]
-    skip_mlp: list[int]
-    num_speculative_tokens: int
+    draft: DraftSettings
     format_version: int = PROFILE_FORMAT_VERSION
-    draft_vocab_size: int = 0
-    """Tokens the draft's LM head scores (0: the full vocabulary)."""
     draft_vocab_ranking: list[int] = []
-    """Token ids by measured frequency, most frequent first; the subset is taken from its head."""
-    adaptive_exit: bool = False
-    """Stop a request's draft early when the draft's top-1 probability falls under the threshold."""
-    draft_exit_target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE
-    num_speculative_tokens_per_batch_size: list[tuple[int, int, int]] | None = None
-    """vLLM's dynamic schedule ``(first batch size, last batch size, K)``; K = 0 turns drafting off."""
+    """Token ids by measured frequency, most frequent first: another ``draft_vocab_size`` takes its head."""
     measured: Measurement | None = None
     search: SearchSettings | None = None
     notes: str = ""
 
     def skip_set(self) -> SkipSet:
         """The validated skip set of this profile."""
-        return SkipSet.build(self.model.num_layers, self.skip_attn, self.skip_mlp)
+        return self.draft.skip_set(self.model.num_layers)
+
+
+class _FlatProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Format versions 1 and 2: the draft's settings as top-level fields."""
+
+    model: ModelIdentity
+    skip_attn: list[int]
+    skip_mlp: list[int]
+    num_speculative_tokens: int
+    format_version: int = 2
+    draft_vocab_size: int = 0
+    draft_vocab_ranking: list[int] = []
+    adaptive_exit: bool = False
+    draft_exit_target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE
+    num_speculative_tokens_per_batch_size: list[tuple[int, int, int]] | None = None
+    measured: Measurement | None = None
+    search: SearchSettings | None = None
+    notes: str = ""
+
+    def upgraded(self) -> SkipProfile:
+        check_draft_vocab_size(self.draft_vocab_size, self.model.vocab_size)
+        schedule = self.num_speculative_tokens_per_batch_size
+        draft = DraftSettings(
+            skip_attn=tuple(self.skip_attn), skip_mlp=tuple(self.skip_mlp),
+            num_speculative_tokens=self.num_speculative_tokens,
+            draft_vocab=tuple(draft_vocab(self.draft_vocab_size, self.model.vocab_size, self.draft_vocab_ranking)),
+            adaptive_exit=self.adaptive_exit, draft_exit_target_acceptance=self.draft_exit_target_acceptance,
+            num_speculative_tokens_per_batch_size=None if schedule is None else tuple(map(tuple, schedule)),
+        )
+        return SkipProfile(model=self.model, draft=draft, draft_vocab_ranking=self.draft_vocab_ranking, measured=self.measured,
+                           search=self.search, notes=self.notes)
 
 
 def load_profile(path: str | Path) -> SkipProfile:
@@ -105,30 +128,44 @@ def load_profile(path: str | Path) -> SkipProfile:
     if not path.is_file():
         raise SelfSkipConfigError(f"skip_profile: file {str(path)!r} does not exist")
     try:
-        profile = msgspec.json.decode(path.read_bytes(), type=SkipProfile)
+        version = msgspec.json.decode(path.read_bytes(), type=_FormatVersion).format_version
+        if version not in READABLE_FORMAT_VERSIONS:
+            raise SelfSkipConfigError(
+                f"skip_profile: {str(path)!r} has format_version {version}; "
+                f"this vllm-selfspec reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
+            )
+        if version < 3:
+            profile = msgspec.json.decode(path.read_bytes(), type=_FlatProfile).upgraded()
+        else:
+            profile = msgspec.json.decode(path.read_bytes(), type=SkipProfile)
     except msgspec.ValidationError as exc:
         raise SelfSkipConfigError(f"skip_profile: {str(path)!r} is not a valid profile: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise SelfSkipConfigError(f"skip_profile: {str(path)!r} is not valid JSON: {exc}") from exc
-    if profile.format_version not in READABLE_FORMAT_VERSIONS:
-        raise SelfSkipConfigError(
-            f"skip_profile: {str(path)!r} has format_version {profile.format_version}; "
-            f"this vllm-selfspec reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
-        )
-    if profile.num_speculative_tokens < 1:
+    draft = profile.draft
+    if draft.num_speculative_tokens < 1:
         raise SelfSkipConfigError(
             f"skip_profile: {str(path)!r} has num_speculative_tokens "
-            f"{profile.num_speculative_tokens}; it must be at least 1"
+            f"{draft.num_speculative_tokens}; it must be at least 1"
         )
     try:
         profile.skip_set()
-        check_draft_vocab_size(profile.draft_vocab_size, profile.model.vocab_size)
-        check_target_acceptance(profile.draft_exit_target_acceptance)
-        if profile.num_speculative_tokens_per_batch_size is not None:
-            check_batch_size_schedule(profile.num_speculative_tokens_per_batch_size)
+        check_draft_vocab_size(len(draft.draft_vocab), profile.model.vocab_size)
+        if list(draft.draft_vocab) != sorted(set(draft.draft_vocab)) or any(
+                not 0 <= token < profile.model.vocab_size for token in draft.draft_vocab):
+            raise SelfSkipConfigError("draft.draft_vocab: token ids must be distinct, ascending and in the vocabulary")
+        check_target_acceptance(draft.draft_exit_target_acceptance)
+        if draft.num_speculative_tokens_per_batch_size is not None:
+            check_batch_size_schedule(draft.num_speculative_tokens_per_batch_size)
     except SelfSkipConfigError as exc:
         raise SelfSkipConfigError(f"skip_profile {str(path)!r}: {exc}") from exc
     return profile
+
+
+class _FormatVersion(msgspec.Struct):
+    """Just the version field, read first to pick the layout (version 1 files lack it)."""
+
+    format_version: int = 1
 
 
 def save_profile(profile: SkipProfile, path: str | Path) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import ConfigDict
 import vllm.envs as envs
 from vllm.config.speculative import SpeculativeConfig, SpeculativeMethod
 from vllm.config.utils import config
 from vllm.logger import init_logger
 
+from vllm_selfspec.core.draft_settings import DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.resolve import resolve_self_skip
 from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet
 from vllm_selfspec.glue.identity import SUPPORTED_ARCHITECTURES, model_identity
@@ -20,32 +22,23 @@ SELF_SKIP_ALIASES = ("self_skip", "self-skip")
 """Spellings accepted wherever a speculative method or ``--speculative-model`` is given."""
 
 
-@config
+@config(config=ConfigDict(arbitrary_types_allowed=True))
 class SelfSkipSpeculativeConfig(SpeculativeConfig):
     """Speculative config for ``method="self_skip"``: the target drafts for itself, skipping sublayers.
 
-    Built only for ``self_skip``; every other method keeps vLLM's own ``SpeculativeConfig``.
-    After construction ``skip_attn``, ``skip_mlp`` and ``num_speculative_tokens`` hold the
-    resolved values (explicit lists, a profile, the shipped profile, or the heuristic).
+    Built only for ``self_skip`` (by ``PatchEngineArgs``, which moves the user's
+    ``self_skip`` options into ``self_skip_options``); every other method keeps vLLM's
+    own ``SpeculativeConfig``. Construction resolves them into ``draft`` and sets vLLM's
+    ``num_speculative_tokens`` and ``num_speculative_tokens_per_batch_size`` from it.
     """
 
     method: Literal[SpeculativeMethod, "self_skip"] | None = None  # type: ignore[assignment]
-    skip_attn: list[int] | None = None
-    """Decoder-layer indices whose attention sublayer the draft bypasses."""
-    skip_mlp: list[int] | None = None
-    """Decoder-layer indices whose MLP sublayer the draft bypasses."""
-    skip_profile: str | None = None
-    """Path of a skip-profile JSON file made by ``vllm-selfspec tune``."""
-    draft_vocab_size: int | None = None
-    """Tokens the draft's LM head scores (0: full vocabulary); default from the profile."""
-    adaptive_exit: bool | None = None
-    """Stop each request's draft when its top-1 probability drops under the adaptive threshold."""
-    draft_exit_target_acceptance: float | None = None
-    """Acceptance rate the adaptive threshold steers toward (Draft & Verify: 0.85-0.90)."""
+    self_skip_options: SelfSkipOptions | None = None
+    """What the user gave for the options self_skip adds (skip sets, profile, draft head, exit rule)."""
+    draft: DraftSettings | None = None
+    """The resolved draft settings; filled in at construction."""
     skip_source: str = ""
     """Where the skip set came from; filled in at construction, for logs."""
-    draft_vocab: list[int] | None = None
-    """The resolved draft-head token ids (ascending); filled in at construction."""
 
     def __post_init__(self) -> None:
         if self.method != SELF_SKIP_METHOD:
@@ -80,37 +73,27 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
         identity = model_identity(target)
-        resolved = resolve_self_skip(
+        draft, self.skip_source = resolve_self_skip(
             identity,
             max_model_len=target.max_model_len,
-            skip_attn=self.skip_attn,
-            skip_mlp=self.skip_mlp,
-            skip_profile=self.skip_profile,
+            options=self.self_skip_options or SelfSkipOptions(),
             num_speculative_tokens=self.num_speculative_tokens,
-            draft_vocab_size=self.draft_vocab_size,
-            adaptive_exit=self.adaptive_exit,
-            draft_exit_target_acceptance=self.draft_exit_target_acceptance,
             batch_size_schedule=self.num_speculative_tokens_per_batch_size,
         )
-        if resolved.draft_vocab and self.target_parallel_config.tensor_parallel_size > 1:
+        if draft.draft_vocab and self.target_parallel_config.tensor_parallel_size > 1:
             raise SelfSkipConfigError(
-                f"draft_vocab_size={len(resolved.draft_vocab)}: the cheap draft head needs "
+                f"draft_vocab_size={len(draft.draft_vocab)}: the cheap draft head needs "
                 "tensor_parallel_size=1 (the LM head is split across ranks); set draft_vocab_size=0"
             )
-        self.skip_attn = list(resolved.skip_set.attn)
-        self.skip_mlp = list(resolved.skip_set.mlp)
-        self.num_speculative_tokens = resolved.num_speculative_tokens
-        self.skip_source = resolved.source
-        self.draft_vocab = list(resolved.draft_vocab)
-        self.draft_vocab_size = len(resolved.draft_vocab)
-        self.adaptive_exit = resolved.adaptive_exit
-        self.draft_exit_target_acceptance = resolved.draft_exit_target_acceptance
-        self.num_speculative_tokens_per_batch_size = resolved.batch_size_schedule
+        self.draft = draft
+        self.num_speculative_tokens = draft.num_speculative_tokens
+        schedule = draft.num_speculative_tokens_per_batch_size
+        self.num_speculative_tokens_per_batch_size = None if schedule is None else list(schedule)
         self.model = target.model
         self.draft_model_config = target
         self.draft_parallel_config = self.target_parallel_config
         self.draft_tensor_parallel_size = self.target_parallel_config.tensor_parallel_size
-        if self.never_drafts():
+        if draft.never_drafts():
             logger.warning(
                 "self_skip: num_speculative_tokens_per_batch_size %s turns drafting off at every batch "
                 "size (where it was measured, drafting did not beat decoding without drafts), so vLLM "
@@ -120,24 +103,15 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
             )
         logger.info(
             "self_skip: K=%d, %s, %s (from %s)",
-            self.num_speculative_tokens,
-            resolved.skip_set.describe(),
-            resolved.describe_head_and_exit(),
-            resolved.source,
+            draft.num_speculative_tokens,
+            self.skip_set().describe(),
+            draft.describe_head_and_exit(),
+            self.skip_source,
         )
-
-    def never_drafts(self) -> bool:
-        """Whether the batch-size schedule asks for no drafts at any batch size."""
-        schedule = self.num_speculative_tokens_per_batch_size
-        return schedule is not None and all(k == 0 for _, _, k in schedule)
 
     def skip_set(self) -> SkipSet:
         """The resolved skip set."""
-        return SkipSet.build(
-            self.target_model_config.hf_text_config.num_hidden_layers,
-            self.skip_attn or [],
-            self.skip_mlp or [],
-        )
+        return self.draft.skip_set(self.target_model_config.hf_text_config.num_hidden_layers)
 
     def uses_draft_model(self) -> bool:
         """True: the draft is a model (the target, skipping sublayers).

@@ -32,10 +32,11 @@ from contextlib import contextmanager
 import torch
 
 import vllm.engine.arg_utils as arg_utils
-from vllm.config import VllmConfig
+from vllm.config import SpeculativeConfig, VllmConfig
 from vllm.engine.arg_utils import EngineArgs
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
+from vllm_selfspec.core.draft_settings import SelfSkipOptions
 from vllm_selfspec.core.resolve import reject_unknown_options
 from vllm_selfspec.glue.config import SELF_SKIP_ALIASES, SELF_SKIP_METHOD, SelfSkipSpeculativeConfig
 from vllm_selfspec.glue.patching import VllmPatch
@@ -62,13 +63,13 @@ def _normalise_self_skip_request(args: EngineArgs) -> bool:
 
 
 @contextmanager
-def _module_attr(module, name: str, value):
-    saved = getattr(module, name)
-    setattr(module, name, value)
+def _attribute_set_to(owner, name: str, value):
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        setattr(module, name, saved)
+        setattr(owner, name, saved)
 
 
 class PatchEngineArgs(VllmPatch):
@@ -78,8 +79,9 @@ class PatchEngineArgs(VllmPatch):
     unknown keys, so neither ``method="self_skip"`` nor ``skip_attn`` etc. get through;
     vLLM 0.32 also dropped ``--speculative-model``/``--num-speculative-tokens``.
     How: for a self_skip request only, vLLM's own ``create_speculative_config`` runs
-    with ``SelfSkipSpeculativeConfig`` in place of ``SpeculativeConfig``; other methods
-    are untouched. A self_skip config whose batch-size schedule drafts nothing at any
+    with ``SelfSkipSpeculativeConfig`` in place of ``SpeculativeConfig``, and with the
+    self_skip options moved into one ``self_skip_options`` value; other methods are
+    untouched. A self_skip config whose batch-size schedule drafts nothing at any
     size becomes no speculative config at all (plain vLLM). ``add_cli_args`` adds ``self_skip`` to ``--spec-method``'s choices
     and restores the two older flags as aliases of ``--spec-method``/``--spec-model``
     and ``--spec-tokens``.
@@ -93,14 +95,15 @@ class PatchEngineArgs(VllmPatch):
         original = PatchEngineArgs.original("create_speculative_config")
         if not _normalise_self_skip_request(self):
             return original(self, target_model_config, target_parallel_config)
-        if isinstance(self.speculative_config, dict):
-            reject_unknown_options(
-                {k.replace("-", "_"): v for k, v in self.speculative_config.items()},
-                {f.name for f in dataclasses.fields(SelfSkipSpeculativeConfig)} - {"skip_source", "draft_vocab"},
-            )
-        with _module_attr(arg_utils, "SpeculativeConfig", SelfSkipSpeculativeConfig):
+        given = self.speculative_config
+        if isinstance(given, dict):
+            given = {k.replace("-", "_"): v for k, v in given.items()}
+            reject_unknown_options(given, {f.name for f in dataclasses.fields(SpeculativeConfig)})
+            given["self_skip_options"] = SelfSkipOptions.take_from(given)
+        with _attribute_set_to(arg_utils, "SpeculativeConfig", SelfSkipSpeculativeConfig), \
+                _attribute_set_to(self, "speculative_config", given):
             config = original(self, target_model_config, target_parallel_config)
-        if config.never_drafts():
+        if config.draft.never_drafts():
             # Drafting is off at every batch size: run plain vLLM, without the
             # speculative machinery's per-step cost (SelfSkipSpeculativeConfig logged why).
             return None

@@ -23,8 +23,8 @@ from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 from vllm_selfspec.compat import PLUGIN_VERSION
 from vllm_selfspec.core.adaptive_exit import AdaptiveDraftExit
+from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.core.ranks import check_ranks_agree
-from vllm_selfspec.core.skip_set import SkipSet
 from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
@@ -74,14 +74,9 @@ class SelfSkipProposer(DraftModelProposer):
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, runner=None):
         super().__init__(vllm_config=vllm_config, device=device, runner=runner)
-        spec = self.speculative_config
-        self.skip_set = spec.skip_set()
-        self.draft_vocab: list[int] = list(spec.draft_vocab or [])
-        self.exit_rule: AdaptiveDraftExit | None = (
-            AdaptiveDraftExit(target_acceptance=spec.draft_exit_target_acceptance) if spec.adaptive_exit else None
-        )
-        self.max_draft_tokens: int | None = None
-        """A cap under K set at run time by ``vllm-selfspec tune`` (``None``: no cap)."""
+        self.settings: DraftSettings = self.speculative_config.draft
+        self.skip_set = self.speculative_config.skip_set()
+        self.exit_rule = _exit_rule(self.settings)
         self._drafted_last_step: dict[str, int] = {}
         self._last_step_exited_early = False
         self._target_model: nn.Module | None = None
@@ -130,24 +125,24 @@ class SelfSkipProposer(DraftModelProposer):
                 self.model.draft_head_weight.nbytes / 2**20,
             )
 
-    def reconfigure(
-        self,
-        skip_set: SkipSet,
-        draft_vocab: list[int],
-        adaptive_exit: bool,
-        target_acceptance: float,
-        max_draft_tokens: int | None,
-    ) -> None:
-        """Switch the draft's settings in a running engine (used by ``vllm-selfspec tune``).
+    @property
+    def draft_vocab(self) -> tuple[int, ...]:
+        """Token ids the draft head scores (empty: the full vocabulary)."""
+        return self.settings.draft_vocab
+
+    def reconfigure(self, settings: DraftSettings) -> None:
+        """Switch the draft's settings in a running engine (``vllm-selfspec tune``, ``evaluate``).
 
         The draft model is rebuilt over the same target modules when the skip set or
         the draft head changes; the KV cache, the target and the engine stay as they are.
+        ``settings.num_speculative_tokens`` caps the draft length under the engine's K
+        (0: no drafts); the batch-size schedule stays the engine's.
         """
-        rebuild = skip_set != self.skip_set or list(draft_vocab) != self.draft_vocab
+        skip_set = settings.skip_set(self.skip_set.num_layers)
+        rebuild = skip_set != self.skip_set or settings.draft_vocab != self.settings.draft_vocab
+        self.settings = settings
         self.skip_set = skip_set
-        self.draft_vocab = list(draft_vocab)
-        self.exit_rule = AdaptiveDraftExit(target_acceptance=target_acceptance) if adaptive_exit else None
-        self.max_draft_tokens = max_draft_tokens
+        self.exit_rule = _exit_rule(settings)
         self._drafted_last_step = {}
         if rebuild:
             self._build_draft_model()
@@ -156,7 +151,7 @@ class SelfSkipProposer(DraftModelProposer):
         """What this rank's draft will run: plugin version, skip set and draft length."""
         return (
             f"vllm-selfspec {PLUGIN_VERSION}, {self.skip_set.describe()}, "
-            f"num_speculative_tokens={self.speculative_config.num_speculative_tokens}, "
+            f"num_speculative_tokens={self.settings.num_speculative_tokens}, "
             f"draft_vocab_size={len(self.draft_vocab)}, adaptive_exit={self.exit_rule is not None}"
         )
 
@@ -196,8 +191,7 @@ class SelfSkipProposer(DraftModelProposer):
         adaptive exit is on (a request's draft ends at its first low-confidence token).
         """
         self._observe_verification(common_attn_metadata, num_rejected_tokens_gpu)
-        if self.max_draft_tokens is not None:
-            num_speculative_tokens = min(num_speculative_tokens, self.max_draft_tokens)
+        num_speculative_tokens = min(num_speculative_tokens, self.settings.num_speculative_tokens)
         self.num_speculative_tokens = num_speculative_tokens
         self._last_draft_probs = None
         batch_size = common_attn_metadata.batch_size()
@@ -324,3 +318,8 @@ class SelfSkipProposer(DraftModelProposer):
                 drafted += verified
                 accepted += max(verified - int(rejected[row]), 0)
         self.exit_rule.update(accepted, drafted, ran_full_length=not self._last_step_exited_early)
+
+
+def _exit_rule(settings: DraftSettings) -> AdaptiveDraftExit | None:
+    """A fresh adaptive exit rule when the settings ask for one."""
+    return AdaptiveDraftExit(target_acceptance=settings.draft_exit_target_acceptance) if settings.adaptive_exit else None

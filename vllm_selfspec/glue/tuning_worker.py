@@ -7,27 +7,18 @@ together, so their collectives stay in step).
 
 from __future__ import annotations
 
-from vllm_selfspec.core.skip_set import SkipSet
+from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.glue.patches import PatchDynamoRecompileLimits
 
 
 class DraftSwitchingWorkerExtension:
     """Worker methods that switch the self_skip draft without restarting the engine."""
 
-    def selfspec_configure_draft(
-        self,
-        skip_attn: list[int],
-        skip_mlp: list[int],
-        draft_vocab: list[int],
-        adaptive_exit: bool,
-        target_acceptance: float,
-        max_draft_tokens: int | None,
-    ) -> str:
-        """Install a new skip set, draft head, exit rule and draft-length cap; return the plan."""
-        drafter = self.model_runner.drafter
-        skip_set = SkipSet.build(drafter.skip_set.num_layers, skip_attn, skip_mlp)
+    def selfspec_configure_draft(self, settings: dict) -> str:
+        """Install new draft settings (a ``DraftSettings`` as plain data); return the draft plan."""
         PatchDynamoRecompileLimits.apply()
-        drafter.reconfigure(skip_set, draft_vocab, adaptive_exit, target_acceptance, max_draft_tokens)
+        drafter = self.model_runner.drafter
+        drafter.reconfigure(DraftSettings.from_builtins(settings))
         return drafter.draft_plan()
 
 

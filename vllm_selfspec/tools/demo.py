@@ -2,11 +2,15 @@
 
 Each engine decodes the prompts one request at a time (where self-speculation pays)
 and then as one batch (where the profile's batch-size schedule may turn drafting off).
+All engines stay up and are measured in alternating rounds, so that a slow spell of the
+machine hits them alike; each speed is printed as the median with the rounds' range.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 
 from vllm_selfspec.tools.prompts import load_prompt_set
 
@@ -17,10 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", default="chat", help="chat, summarization, humaneval or a file")
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="float32", help="float32 makes token-identity exact")
+    parser.add_argument("--dtype", help="default: the model's own dtype; float32 on the CPU (exact token identity)")
     parser.add_argument("--eager", action="store_true", help="enforce_eager=True (no torch.compile)")
     parser.add_argument("--num-speculative-tokens", type=int, default=None)
     parser.add_argument("--skip-profile", default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds (default 3)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -28,11 +33,13 @@ def run_demo(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
     from vllm import SamplingParams
 
+    from vllm_selfspec.core.draft_settings import SelfSkipOptions
     from vllm_selfspec.core.resolve import resolve_self_skip
     from vllm_selfspec.tools.engine_runs import (
         SpecDecodeCounts,
         chat_prompts,
         combined_tokens_per_s,
+        default_dtype,
         make_llm,
         release,
         timed_generate,
@@ -41,6 +48,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from vllm_selfspec.glue.identity import identity_from_hf_config
     from vllm_selfspec.tools.model_prep import prepare_default_model
 
+    if args.rounds < 1:
+        raise SystemExit(f"vllm-selfspec demo: error: --rounds: must be at least 1, got {args.rounds}")
     model = args.model or str(prepare_default_model())
     spec: dict = {"method": "self_skip"}
     if args.num_speculative_tokens is not None:
@@ -50,48 +59,73 @@ def run_demo(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     questions = load_prompt_set(args.prompts)[: args.num_prompts]
 
-    resolved = resolve_self_skip(
-        identity_from_hf_config(model, AutoConfig.from_pretrained(model)), max_model_len=2048,
-        skip_profile=args.skip_profile, num_speculative_tokens=args.num_speculative_tokens,
-    )
-    settings = (f"K={resolved.num_speculative_tokens}, {resolved.skip_set.describe()}, "
-                f"{resolved.describe_head_and_exit()} (from {resolved.source})")
-    held = [[1, 1, resolved.num_speculative_tokens]]
+    identity = identity_from_hf_config(model, AutoConfig.from_pretrained(model))
+    draft, source = resolve_self_skip(identity, max_model_len=2048,
+                                      options=SelfSkipOptions(skip_profile=args.skip_profile),
+                                      num_speculative_tokens=args.num_speculative_tokens)
+    settings = (f"K={draft.num_speculative_tokens}, {draft.skip_set(identity.num_layers).describe()}, "
+                f"{draft.describe_head_and_exit()} (from {source})")
+    held = [[1, 1, draft.num_speculative_tokens]]
     # The third engine holds K at every batch size, to show the drafts themselves even
     # where the profile's schedule turns drafting off.
     engines = {"plain": None, "self_skip": spec,
                "self_skip, drafting held on": {**spec, "num_speculative_tokens_per_batch_size": held}}
-    results = {}
-    for name, speculative_config in engines.items():
-        llm = make_llm(model, speculative_config, dtype=args.dtype, enforce_eager=args.eager)
-        prompts = chat_prompts(llm, questions)
-        timed_generate(llm, prompts[:2], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
-        before = SpecDecodeCounts.read(llm)
-        singles = timed_workload(llm, prompts, params, 1)
-        singles_counts = SpecDecodeCounts.read(llm).minus(before)
-        batch = timed_generate(llm, prompts, params)
-        results[name] = {"one at a time": (singles, singles_counts), f"batch of {len(prompts)}": ([batch], batch.spec)}
-        release(llm)
+    dtype = args.dtype or default_dtype()
+    llms = {name: make_llm(model, config, dtype=dtype, enforce_eager=args.eager) for name, config in engines.items()}
+    prompts = chat_prompts(llms["plain"], questions)
+    labels = ("one at a time", f"batch of {len(prompts)}")
+    # rounds[name][label]: one (runs, counts) per round
+    rounds: dict[str, dict[str, list]] = {name: {label: [] for label in labels} for name in engines}
+    try:
+        for llm in llms.values():
+            timed_generate(llm, prompts[:2], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
+        for _ in range(args.rounds):
+            for name, llm in llms.items():
+                before = SpecDecodeCounts.read(llm)
+                singles = timed_workload(llm, prompts, params, 1)
+                rounds[name][labels[0]].append((singles, SpecDecodeCounts.read(llm).minus(before)))
+                batch = timed_generate(llm, prompts, params)
+                rounds[name][labels[1]].append(([batch], batch.spec))
+    finally:
+        for llm in llms.values():
+            release(llm)
 
-    plain = results["plain"][f"batch of {len(questions)}"][0][0]
+    plain = rounds["plain"][labels[1]][0][0][0]
     for index, question in enumerate(questions):
         print(f"\n[{index}] {question}\n  {plain.texts[index].strip()[:300]!r}")
-    print(f"\nmodel {model}, dtype {args.dtype}, {'eager' if args.eager else 'compiled'}, "
-          f"greedy, {len(questions)} prompts, max_tokens {args.max_tokens}")
+    print(f"\nmodel {model}, dtype {dtype}, {'eager' if args.eager else 'compiled'}, greedy, "
+          f"{len(questions)} prompts, max_tokens {args.max_tokens}, {args.rounds} alternating rounds "
+          "(tok/s: median [lowest-highest round])")
     print(f"self_skip settings: {settings}")
     identical = total = 0
-    for label in results["plain"]:
-        plain_runs = results["plain"][label][0]
-        plain_rate = combined_tokens_per_s(plain_runs)
-        print(f"{label}: plain {plain_rate:.1f} tok/s")
+    for label in labels:
+        plain_rates = [combined_tokens_per_s(runs) for runs, _ in rounds["plain"][label]]
+        print(f"{label}: plain {_spread(plain_rates)}")
         for name in list(engines)[1:]:
-            runs, counts = results[name][label]
-            rate = combined_tokens_per_s(runs)
-            same = sum(a.token_ids == b.token_ids for a, b in zip(runs, plain_runs)) if len(runs) > 1 else sum(
-                a == b for a, b in zip(runs[0].token_ids, plain_runs[0].token_ids))
-            identical, total = identical + same, total + len(questions)
-            print(f"  {name}: {rate:.1f} tok/s ({rate / plain_rate:.3f}x plain), outputs identical "
-                  f"{same}/{len(questions)}, accepted {counts.accepted_tokens}/{counts.draft_tokens} draft "
-                  f"tokens ({counts.acceptance_rate:.1%}), {counts.mean_acceptance_length:.2f} tokens per step")
+            rates = [combined_tokens_per_s(runs) for runs, _ in rounds[name][label]]
+            ratio = statistics.median(rates) / statistics.median(plain_rates)
+            same = 0
+            for (runs, _), (plain_runs, _) in zip(rounds[name][label], rounds["plain"][label]):
+                outputs = [t for run in runs for t in run.token_ids]
+                same += sum(a == b for a, b in zip(outputs, [t for run in plain_runs for t in run.token_ids]))
+            identical, total = identical + same, total + len(questions) * args.rounds
+            counts = _summed([c for _, c in rounds[name][label]])
+            print(f"  {name}: {_spread(rates)} ({ratio:.3f}x plain's median), outputs identical "
+                  f"{same}/{len(questions) * args.rounds}, accepted {counts.accepted_tokens}/{counts.draft_tokens} "
+                  f"draft tokens ({counts.acceptance_rate:.1%}), {counts.mean_acceptance_length:.2f} tokens per step")
     print(f"outputs identical to plain vLLM: {identical}/{total}")
     return 0 if identical == total else 1
+
+
+def _spread(rates: list[float]) -> str:
+    return f"{statistics.median(rates):.1f} tok/s [{min(rates):.1f}-{max(rates):.1f}]"
+
+
+def _summed(counts: list):
+    """Spec-decode counts added over rounds."""
+    total = counts[0]
+    for more in counts[1:]:
+        total = dataclasses.replace(total, drafts=total.drafts + more.drafts,
+                                    draft_tokens=total.draft_tokens + more.draft_tokens,
+                                    accepted_tokens=total.accepted_tokens + more.accepted_tokens)
+    return total

@@ -8,13 +8,26 @@ from dataclasses import dataclass, field
 
 from vllm import LLM, SamplingParams
 
-ENGINE_DEFAULTS = dict(
-    max_model_len=2048,
-    seed=0,
-    kv_cache_memory_bytes=1 << 30,
-    disable_log_stats=False,
-)
-"""Engine settings shared by the demo and the tests on this CPU machine."""
+ENGINE_DEFAULTS = dict(seed=0, disable_log_stats=False)
+"""Every tool's engines: a fixed seed, and stats on (vLLM's spec-decode counters need them)."""
+
+CPU_ENGINE_DEFAULTS = dict(dtype="float32", max_model_len=2048, kv_cache_memory_bytes=2 << 30)
+"""The CPU-only engine settings, the one place they live. float32: bfloat16 greedy output
+changes with the batch shape on this CPU even in plain vLLM, so token identity would not
+be exact; a 2,048-token context and a 2 GiB KV cache fit the default model at batch 32."""
+
+
+def platform_engine_defaults() -> dict:
+    """:data:`CPU_ENGINE_DEFAULTS` on the CPU platform; elsewhere nothing, so vLLM's own
+    defaults apply (the model's dtype and context, ``gpu_memory_utilization``)."""
+    from vllm.platforms import current_platform
+
+    return dict(CPU_ENGINE_DEFAULTS) if current_platform.is_cpu() else {}
+
+
+def default_dtype() -> str:
+    """The tools' ``--dtype`` when none is given: float32 on the CPU, else the model's own (``auto``)."""
+    return platform_engine_defaults().get("dtype", "auto")
 
 
 @dataclass
@@ -88,8 +101,8 @@ class TimedRun:
 
 
 def make_llm(model: str, speculative_config: dict | None = None, **overrides) -> LLM:
-    """An engine with :data:`ENGINE_DEFAULTS`, optionally with a speculative config."""
-    kwargs = {**ENGINE_DEFAULTS, **overrides}
+    """An engine with :data:`ENGINE_DEFAULTS` and the platform's defaults, optionally with a speculative config."""
+    kwargs = {**ENGINE_DEFAULTS, **platform_engine_defaults(), **overrides}
     return LLM(model=model, speculative_config=speculative_config, **kwargs)
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_selfspec.core.adaptive_exit import DEFAULT_TARGET_ACCEPTANCE
+from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.core.draft_vocab import check_draft_vocab_size, draft_vocab, rank_by_frequency
 from vllm_selfspec.core.profile import (
     Measurement,
@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule-batch-sizes", default="1,4,8,16,32",
                         help="batch sizes the never-slower schedule is measured at (default 1,4,8,16,32)")
     parser.add_argument("--eager", action="store_true", help="enforce_eager=True (default: compiled, as vLLM)")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", help="default: the model's own dtype; float32 on the CPU (exact token identity)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -104,6 +104,7 @@ def validate(args: argparse.Namespace) -> TuneSettings:
     from transformers import AutoConfig
 
     from vllm_selfspec.glue.identity import identity_from_hf_config
+    from vllm_selfspec.tools.engine_runs import default_dtype
     from vllm_selfspec.tools.model_prep import prepare_default_model
 
     if args.budget < 1:
@@ -152,7 +153,7 @@ def validate(args: argparse.Namespace) -> TuneSettings:
         max_tokens=args.max_tokens, draft_lengths=_int_list("--draft-lengths", args.draft_lengths, 1),
         draft_vocab_sizes=draft_vocab_sizes,
         schedule_batch_sizes=tuple(sorted({1, *_int_list("--schedule-batch-sizes", args.schedule_batch_sizes, 1)})),
-        eager=args.eager, dtype=args.dtype, seed=args.seed,
+        eager=args.eager, dtype=args.dtype or default_dtype(), seed=args.seed,
     )
 
 
@@ -172,24 +173,29 @@ class DraftTuner:
             {"method": "self_skip", "num_speculative_tokens": max(settings.draft_lengths),
              "skip_attn": [], "skip_mlp": [], "draft_vocab_size": 0, "adaptive_exit": False},
             dtype=settings.dtype, enforce_eager=settings.eager,
-            max_num_seqs=max(settings.schedule_batch_sizes), kv_cache_memory_bytes=2 << 30,
+            max_num_seqs=max(settings.schedule_batch_sizes),
             worker_extension_cls=DRAFT_SWITCHING_EXTENSION,
         )
         self.prompts = chat_prompts(self.llm, settings.prompts)
         self.params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens, ignore_eos=True)
         self.ranking: list[int] = []
 
+    def draft_settings(self, candidate: DraftCandidate, num_speculative_tokens: int | None = None) -> DraftSettings:
+        """``candidate`` as the draft's settings (K capped at ``num_speculative_tokens`` when given)."""
+        return DraftSettings(
+            skip_attn=candidate.skip_set.attn,
+            skip_mlp=candidate.skip_set.mlp,
+            num_speculative_tokens=candidate.num_speculative_tokens if num_speculative_tokens is None
+            else num_speculative_tokens,
+            draft_vocab=tuple(draft_vocab(candidate.draft_vocab_size, self.settings.identity.vocab_size, self.ranking)),
+            adaptive_exit=candidate.adaptive_exit,
+        )
+
     def configure(self, candidate: DraftCandidate | None, max_draft_tokens: int | None = None) -> None:
         """Install ``candidate`` in every worker (``None``: draft nothing, K capped at 0)."""
-        if candidate is None:
-            self.llm.collective_rpc("selfspec_configure_draft", args=([], [], [], False, DEFAULT_TARGET_ACCEPTANCE, 0))
-            return
-        vocab = draft_vocab(candidate.draft_vocab_size, self.settings.identity.vocab_size, self.ranking)
-        self.llm.collective_rpc(
-            "selfspec_configure_draft",
-            args=(list(candidate.skip_set.attn), list(candidate.skip_set.mlp), vocab, candidate.adaptive_exit,
-                  DEFAULT_TARGET_ACCEPTANCE, candidate.num_speculative_tokens if max_draft_tokens is None else max_draft_tokens),
-        )
+        settings = (DraftSettings(skip_attn=(), skip_mlp=(), num_speculative_tokens=0) if candidate is None
+                    else self.draft_settings(candidate, max_draft_tokens))
+        self.llm.collective_rpc("selfspec_configure_draft", args=(settings.to_builtins(),))
 
     def measure_without_drafts(self) -> float:
         """Tokens/s with drafting off (K = 0); also ranks tokens by frequency for the draft head.
@@ -364,13 +370,9 @@ def run_tune(args: argparse.Namespace, log=print) -> int:
 
     profile = SkipProfile(
         model=settings.identity,
-        skip_attn=list(best.skip_set.attn),
-        skip_mlp=list(best.skip_set.mlp),
-        num_speculative_tokens=best.num_speculative_tokens,
-        draft_vocab_size=best.draft_vocab_size,
+        draft=tuner.draft_settings(best).replace(
+            num_speculative_tokens_per_batch_size=None if schedule is None else tuple(map(tuple, schedule))),
         draft_vocab_ranking=tuner.ranking[:RANKING_LENGTH] if best.draft_vocab_size else [],
-        adaptive_exit=best.adaptive_exit,
-        num_speculative_tokens_per_batch_size=schedule,
         measured=Measurement(
             acceptance_rate=round(best_trial.user_attrs["acceptance_rate"], 4),
             mean_acceptance_length=round(best_trial.user_attrs["mean_acceptance_length"], 3),

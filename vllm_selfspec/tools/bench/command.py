@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, help=f"output tokens per request (default {FULL['max_tokens']})")
     parser.add_argument("--num-speculative-tokens", type=int, default=4, help="K for every method (default 4)")
     parser.add_argument("--skip-profile", help="self_skip profile (default: the shipped one for the model)")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", help="default: the model's own dtype; float32 on the CPU (exact token identity)")
     parser.add_argument("--eager", action="store_true", help="enforce_eager=True (default: vLLM's compiled mode)")
     parser.add_argument("--quick", action="store_true",
                         help=f"small run for tests: {QUICK['prompt_sets']} prompts, batch sizes "
@@ -75,6 +75,8 @@ def _csv(text: str) -> list[str]:
 
 def validate(args: argparse.Namespace) -> BenchSettings:
     """Check every option and load the prompts; raise ``BenchInputError`` naming the option."""
+    from vllm_selfspec.tools.engine_runs import default_dtype
+
     defaults = QUICK if args.quick else FULL
     methods = _csv(args.methods)
     unknown = [m for m in methods if m not in METHODS]
@@ -123,7 +125,7 @@ def validate(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(
         model=model, methods=methods, prompt_sets=prompt_sets, batch_sizes=batch_sizes, sampling=sampling,
         max_tokens=max_tokens, num_speculative_tokens=args.num_speculative_tokens,
-        single_requests=defaults["single_requests"], skip_profile=args.skip_profile, dtype=args.dtype,
+        single_requests=defaults["single_requests"], skip_profile=args.skip_profile, dtype=args.dtype or default_dtype(),
         eager=args.eager or args.quick, out=out, quick=args.quick,
     )
 
@@ -205,7 +207,7 @@ def run_method(method: str, settings: BenchSettings, log=print) -> tuple[list[Ro
     spec = speculative_config(method, settings)
     per_request = {} if spec is None else {"per_request_spec_decode_metrics": "summary"}
     llm = make_llm(settings.model, spec, dtype=settings.dtype, enforce_eager=settings.eager,
-                   max_num_seqs=max(settings.batch_sizes), kv_cache_memory_bytes=2 << 30,
+                   max_num_seqs=max(settings.batch_sizes),
                    worker_extension_cls=BENCH_WORKER_EXTENSION, **per_request)
     rows: list[Row] = []
     try:
@@ -214,7 +216,7 @@ def run_method(method: str, settings: BenchSettings, log=print) -> tuple[list[Ro
         config = llm.llm_engine.vllm_config.speculative_config
         engine_info = {"speculative_config": None if config is None else {
             "method": config.method, "num_speculative_tokens": config.num_speculative_tokens,
-            **({"skip_attn": list(config.skip_attn), "skip_mlp": list(config.skip_mlp),
+            **({"skip_attn": list(config.draft.skip_attn), "skip_mlp": list(config.draft.skip_mlp),
                 "skip_source": config.skip_source} if method == "self_skip" else {}),
         }}
         warm = _workload_prompts(llm, "chat", load_prompt_set("chat"), max(settings.batch_sizes))

@@ -1,0 +1,87 @@
+"""The draft's settings as one value, and the options a user gives for them.
+
+``SelfSkipOptions`` holds what a user may put in vLLM's speculative config for
+``method="self_skip"`` (each ``None`` when not given). :func:`vllm_selfspec.core.resolve.resolve_self_skip`
+turns options, a profile and the defaults into one :class:`DraftSettings`, which the
+speculative config carries to the proposer, ``tune`` switches in running workers, and
+profiles store. Adding an option touches this file, the resolution, and the proposer.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from vllm_selfspec.core.adaptive_exit import DEFAULT_TARGET_ACCEPTANCE
+from vllm_selfspec.core.skip_set import SkipSet
+
+BatchSizeSchedule = tuple[tuple[int, int, int], ...]
+"""vLLM's ``num_speculative_tokens_per_batch_size``: ``(first batch size, last, K)``; K = 0 drafts nothing."""
+
+
+class SelfSkipOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The options ``self_skip`` adds to vLLM's speculative config; ``None``: from a profile or the default."""
+
+    skip_attn: list[int] | None = None
+    """Decoder-layer indices whose attention sublayer the draft bypasses."""
+    skip_mlp: list[int] | None = None
+    """Decoder-layer indices whose MLP sublayer the draft bypasses."""
+    skip_profile: str | None = None
+    """Path of a skip-profile JSON file made by ``vllm-selfspec tune``."""
+    draft_vocab_size: int | None = None
+    """Tokens the draft's LM head scores (0: the full vocabulary)."""
+    adaptive_exit: bool | None = None
+    """Stop each request's draft when its top-1 probability drops under the adaptive threshold."""
+    draft_exit_target_acceptance: float | None = None
+    """Acceptance rate the adaptive threshold steers toward (Draft & Verify: 0.85-0.90)."""
+
+    @classmethod
+    def take_from(cls, config: dict) -> SelfSkipOptions:
+        """Remove these options from a speculative-config dict and return them (checked when resolved)."""
+        return cls(**{name: config.pop(name) for name in cls.__struct_fields__ if name in config})
+
+
+OPTION_NAMES: tuple[str, ...] = SelfSkipOptions.__struct_fields__
+
+
+class DraftSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a self_skip draft runs with, resolved once."""
+
+    skip_attn: tuple[int, ...]
+    skip_mlp: tuple[int, ...]
+    num_speculative_tokens: int
+    """K: drafts per request and step at most (0 in a running engine: no drafts)."""
+    draft_vocab: tuple[int, ...] = ()
+    """Token ids the draft head scores, ascending; empty for the full vocabulary."""
+    adaptive_exit: bool = False
+    draft_exit_target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE
+    num_speculative_tokens_per_batch_size: BatchSizeSchedule | None = None
+    """The schedule vLLM's scheduler follows (``None``: K at every batch size); fixed once an engine runs."""
+
+    def skip_set(self, num_layers: int) -> SkipSet:
+        """The validated skip set for a model of ``num_layers`` decoder layers."""
+        return SkipSet.build(num_layers, self.skip_attn, self.skip_mlp)
+
+    def never_drafts(self) -> bool:
+        """Whether the schedule asks for no drafts at any batch size."""
+        schedule = self.num_speculative_tokens_per_batch_size
+        return schedule is not None and all(k == 0 for _, _, k in schedule)
+
+    def replace(self, **changes) -> DraftSettings:
+        """A copy with ``changes`` applied."""
+        return msgspec.structs.replace(self, **changes)
+
+    def describe_head_and_exit(self) -> str:
+        """A one-line summary of the draft head, adaptive exit and schedule, for logs."""
+        head = f"draft head over {len(self.draft_vocab)} tokens" if self.draft_vocab else "full draft head"
+        exit_rule = (f"adaptive exit (target acceptance {self.draft_exit_target_acceptance:g})"
+                     if self.adaptive_exit else "no adaptive exit")
+        schedule = self.num_speculative_tokens_per_batch_size
+        return f"{head}, {exit_rule}, {f'K per batch size {list(schedule)}' if schedule else 'fixed K'}"
+
+    def to_builtins(self) -> dict:
+        """Plain data (for ``collective_rpc`` and JSON)."""
+        return msgspec.to_builtins(self)
+
+    @classmethod
+    def from_builtins(cls, data: dict) -> DraftSettings:
+        return msgspec.convert(data, cls)
