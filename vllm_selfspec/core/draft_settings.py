@@ -84,4 +84,5 @@ class DraftSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @classmethod
     def from_builtins(cls, data: dict) -> DraftSettings:
+        """The value back from :meth:`to_builtins`'s plain data, types checked."""
         return msgspec.convert(data, cls)

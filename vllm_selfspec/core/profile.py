@@ -109,6 +109,7 @@ class _FlatProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     notes: str = ""
 
     def upgraded(self) -> SkipProfile:
+        """The same profile in the current layout (the draft head resolved from size and ranking)."""
         check_draft_vocab_size(self.draft_vocab_size, self.model.vocab_size)
         schedule = self.num_speculative_tokens_per_batch_size
         draft = DraftSettings(
@@ -118,8 +119,8 @@ class _FlatProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             adaptive_exit=self.adaptive_exit, draft_exit_target_acceptance=self.draft_exit_target_acceptance,
             num_speculative_tokens_per_batch_size=None if schedule is None else tuple(map(tuple, schedule)),
         )
-        return SkipProfile(model=self.model, draft=draft, draft_vocab_ranking=self.draft_vocab_ranking, measured=self.measured,
-                           search=self.search, notes=self.notes)
+        return SkipProfile(model=self.model, draft=draft, draft_vocab_ranking=self.draft_vocab_ranking,
+                           measured=self.measured, search=self.search, notes=self.notes)
 
 
 def load_profile(path: str | Path) -> SkipProfile:
