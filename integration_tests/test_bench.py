@@ -12,6 +12,7 @@ import pytest
 pytestmark = pytest.mark.engine
 
 
+@pytest.mark.extended
 def test_quick_bench_writes_a_complete_report(tmp_path, default_model):
     out = tmp_path / "report"
     command = [str(Path(sys.executable).parent / "vllm-selfspec"), "bench", "--quick", "--out", str(out)]

@@ -91,6 +91,7 @@ def _settings_of_profile(profile) -> dict:
     }
 
 
+@pytest.mark.extended
 def test_ctrl_c_keeps_the_best_profile(default_model, tmp_path):
     log = (tmp_path / "tune.log").open("w")
     run = _tune(default_model, tmp_path, "--budget", "200", "--max-tokens", "24", stdout=log)
