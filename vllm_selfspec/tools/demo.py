@@ -9,7 +9,7 @@ machine hits them alike; each speed is printed as the median with the rounds' ra
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import statistics
 
 from vllm_selfspec.tools.prompts import load_prompt_set
@@ -109,7 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 outputs = [t for run in runs for t in run.token_ids]
                 same += sum(a == b for a, b in zip(outputs, [t for run in plain_runs for t in run.token_ids]))
             identical, total = identical + same, total + len(questions) * args.rounds
-            counts = _summed([c for _, c in rounds[name][label]])
+            counts = functools.reduce(SpecDecodeCounts.plus, [c for _, c in rounds[name][label]])
             print(f"  {name}: {_spread(rates)} ({ratio:.3f}x plain's median), outputs identical "
                   f"{same}/{len(questions) * args.rounds}, accepted {counts.accepted_tokens}/{counts.draft_tokens} "
                   f"draft tokens ({counts.acceptance_rate:.1%}), {counts.mean_acceptance_length:.2f} tokens per step")
@@ -119,13 +119,3 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _spread(rates: list[float]) -> str:
     return f"{statistics.median(rates):.1f} tok/s [{min(rates):.1f}-{max(rates):.1f}]"
-
-
-def _summed(counts: list):
-    """Spec-decode counts added over rounds."""
-    total = counts[0]
-    for more in counts[1:]:
-        total = dataclasses.replace(total, drafts=total.drafts + more.drafts,
-                                    draft_tokens=total.draft_tokens + more.draft_tokens,
-                                    accepted_tokens=total.accepted_tokens + more.accepted_tokens)
-    return total

@@ -64,6 +64,18 @@ class SpecDecodeCounts:
             accepted_per_position=[a - b for a, b in zip(self.accepted_per_position, before)],
         )
 
+    def plus(self, other: SpecDecodeCounts) -> SpecDecodeCounts:
+        """These counts and ``other``'s together (e.g. over measurement rounds)."""
+        mine, theirs = self.accepted_per_position, other.accepted_per_position
+        width = max(len(mine), len(theirs))
+        return SpecDecodeCounts(
+            drafts=self.drafts + other.drafts,
+            draft_tokens=self.draft_tokens + other.draft_tokens,
+            accepted_tokens=self.accepted_tokens + other.accepted_tokens,
+            accepted_per_position=[a + b for a, b in zip(mine + [0] * (width - len(mine)),
+                                                          theirs + [0] * (width - len(theirs)))],
+        )
+
     @property
     def acceptance_rate(self) -> float:
         """Accepted draft tokens per drafted token."""
