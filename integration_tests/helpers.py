@@ -80,7 +80,7 @@ class EnginePool:
     relies on before generating. Counters are cumulative: read them as differences.
     """
 
-    def __init__(self, capacity: int = 4):
+    def __init__(self, capacity: int = 3):
         self.capacity = capacity
         self._live: OrderedDict[str, tuple[LLM, list]] = OrderedDict()
 

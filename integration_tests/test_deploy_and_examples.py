@@ -21,9 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _new_user_env(home: Path) -> dict[str, str]:
-    """This environment as a user who never ran Ray: an empty HOME, no Ray token settings.
-    The converted default model stays where ``make setup`` put it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    """This environment as a user who never ran Ray: an empty HOME, no Ray token settings, no
+    thread binding (the test workers' one-core binding). The converted default model stays
+    where ``make setup`` put it."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH") and k != "VLLM_CPU_OMP_THREADS_BIND"}
     return {**env, "HOME": str(home), "VLLM_SELFSPEC_CACHE": str(cache_dir())}
 
 

@@ -6,7 +6,8 @@ profile's mild skip set (one attention sublayer), an aggressive skip set (a fift
 the sublayers, so that many drafts are rejected) at K=8, and every mechanism on
 (cheap draft head, adaptive exit, a batch-size schedule).
 bfloat16: plain vLLM itself is not batch-invariant, so every divergence must sit at
-a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON).
+a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON); batched
+here in ``make test-extended``, over HTTP in test_server.py.
 
 These run with enforce_eager. vLLM's default mode (torch.compile, the mode users run)
 gets one test with every mechanism on and the aggressive skip set (``make
@@ -100,8 +101,11 @@ def test_compiled_float32_identical_with_every_mechanism_on(engines, default_mod
     assert compiled["wrapped"] and compiled["graphs"] >= 1, compiled
 
 
+@pytest.mark.extended
 def test_bfloat16_divergences_are_near_ties(engines, default_model):
-    """The shipped profile (cheap head, adaptive exit) with K=4 held, against plain bfloat16."""
+    """The shipped profile (cheap head, adaptive exit) with K=4 held, against plain bfloat16,
+    16 prompts batched. In ``make test-extended``: ``make test`` checks the same rule over
+    HTTP (test_server.py), one request at a time and streamed."""
     engine = dict(dtype="bfloat16", **COMPILATION_MODES["eager"])
     ref = greedy_run(engines.get(default_model, None, **engine), singles=0, logprobs=2)
     spec = {"method": "self_skip", "num_speculative_tokens": 4, "num_speculative_tokens_per_batch_size": [[1, 1, 4]]}

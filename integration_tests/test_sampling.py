@@ -157,7 +157,8 @@ def _score(plain, prompt_ids: list[list[int]], samples: list[list[int]]) -> tupl
     """Plain vLLM's top-50 raw logprobs after each sampled prefix, and each sampled token's rank in them."""
     prefixes = sorted({(tuple(p), tuple(s[:j])) for p, s in zip(prompt_ids, samples) for j in range(1, MAX_TOKENS)})
     outputs = plain.generate([{"prompt_token_ids": list(p + s)} for p, s in prefixes],
-                             SamplingParams(temperature=0.0, max_tokens=1, logprobs=TOP_K), use_tqdm=False)
+                             SamplingParams(temperature=0.0, max_tokens=1, logprobs=TOP_K, detokenize=False),
+                             use_tqdm=False)
     top = {}
     for key, output in zip(prefixes, outputs):
         ranked = sorted(output.outputs[0].logprobs[0].items(), key=lambda kv: -kv[1].logprob)[:TOP_K]

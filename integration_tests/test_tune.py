@@ -48,7 +48,7 @@ def test_tune_writes_profile_and_resumes(default_model, tmp_path):
     assert profile.draft.num_speculative_tokens_per_batch_size[0][0] == 1
     assert (tmp_path / "profile.json.optuna-journal").is_file()
 
-    second = _tune(default_model, tmp_path, "--budget", "3")
+    second = _tune(default_model, tmp_path, "--budget", "3", "--schedule-batch-sizes", "1")
     output = second.communicate(timeout=900)[0]
     assert second.returncode == 0, output[-3000:]
     assert "2 trials done earlier, 1 to run" in output
