@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Engine tests run in two workers, one core each (integration_tests/conftest.py): a file's
 # tests, or all Ray tests, stay in one worker, longest first.
 TEST_WORKERS ?= 2
-PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PARALLEL := -n $(TEST_WORKERS) --no-loadscope-reorder
 
 .PHONY: setup demo test test-extended test-fast mutants clean
 

@@ -15,35 +15,48 @@ os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 from integration_tests.helpers import EnginePool  # noqa: E402
 from vllm_selfspec.tools.tiny_models import write_tiny_model  # noqa: E402
 
+RAY_FILES = ("test_deploy_and_examples.py", "test_ray_serve.py", "test_ray_tp.py")
+"""The files whose tests start Ray (marker ``ray``): one worker runs them all, one local cluster at a time."""
 RAY_GROUP = "ray"
-GROUP_ORDER = ("test_lossless.py", "test_sampling.py", "test_server.py", RAY_GROUP, "test_tune.py",
-               "test_engine_features.py", "test_architectures.py")
-"""The engine tests' xdist groups, longest first so that ``make test``'s two workers finish
-together; in a serial run, lossless and sampling stay next to each other, since they share
-the float32 engines. Groups not named here follow (each a few seconds)."""
+GROUP_ORDER = ("test_sampling.py", "test_server.py", "test_lossless.py", RAY_GROUP, "test_tune.py",
+               "test_engine_features.py", "test_architectures.py", "test_doctor.py")
+"""The engine tests' groups, longest first, so that ``make test``'s two workers finish together
+(each worker has its own engine pool). Groups not named here follow (each a few seconds)."""
 
 
-def _group(item) -> str:
-    """The xdist group of an engine test: its file, or ``ray`` for every test that starts Ray
-    (one local cluster at a time)."""
-    return RAY_GROUP if item.get_closest_marker("ray") else item.path.name
+def _group(path_name: str) -> str:
+    return RAY_GROUP if path_name in RAY_FILES else path_name
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """Give each integration test its xdist group and order the groups longest first.
+    """Order the integration tests by group, longest first (unit tests before them)."""
+    misplaced = [i.nodeid for i in items if i.get_closest_marker("ray") and i.path.name not in RAY_FILES]
+    assert not misplaced, f"tests marked ray outside RAY_FILES: {misplaced}"
 
-    ``make test`` runs ``pytest -n 2 --dist loadgroup --no-loadscope-reorder``: a group's
-    tests run in one worker, in order, so module-scoped and pooled engines are shared.
-    """
     def rank(item):
-        group = _group(item)
+        group = _group(item.path.name)
         return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
     integration = [i for i in items if "integration_tests" in i.path.parts]
     others = [i for i in items if "integration_tests" not in i.path.parts]
-    for item in integration:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
     items[:] = others + sorted(integration, key=rank)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n N`` (``make test``): a file's tests, or all the Ray files' tests, run
+    in one worker, in order, so module-scoped and pooled engines are shared.
+
+    xdist's own ``--dist loadgroup`` would do this from ``xdist_group`` markers, but with
+    pytest 9 it does not group (pytest-xdist 3.8: the group suffix never reaches the node
+    ids), so the scopes are drawn here from the node ids.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileAndRayScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return _group(path.rsplit("/", 1)[-1]) if path.startswith("integration_tests/") else path
+
+    return FileAndRayScheduling(config, log)
 
 
 def _bind_engine_threads_to_this_workers_core() -> None:

@@ -66,8 +66,11 @@ class GreedyRun:
     """Per batched output, vLLM's top logprobs at each token (when asked for)."""
 
 
-POOLED_KV_CACHE_BYTES = 1 << 30
-"""Half the tools' CPU default, so that the pool's engines fit in this machine's memory together."""
+POOLED_KV_CACHE_BYTES = 512 << 20
+"""A quarter of the tools' CPU default (11,000 float32 tokens of the default model): with
+two pooled engines per ``make test`` worker (about 3 GiB each) and whatever else the other
+worker runs, this machine's 24 GiB hold them. Three per worker with 1 GiB caches ran out of
+memory here (the kernel killed an engine's worker)."""
 
 
 class EnginePool:
@@ -80,7 +83,7 @@ class EnginePool:
     relies on before generating. Counters are cumulative: read them as differences.
     """
 
-    def __init__(self, capacity: int = 3):
+    def __init__(self, capacity: int = 2):
         self.capacity = capacity
         self._live: OrderedDict[str, tuple[LLM, list]] = OrderedDict()
 

@@ -50,6 +50,13 @@ MUTANTS = {
         DRAFT_TOKENS_DOC_END,
         DRAFT_TOKENS_DOC_END + "        sampling_metadata = dataclasses.replace(sampling_metadata, top_p=None)\n",
     ),
+    "draft-loop-syncs": (
+        PROPOSER,
+        "                self._still_confident.put(step, confident.any())\n",
+        "                self._still_confident.put(step, confident.any())\n"
+        "                if not bool(confident.any()):\n"
+        "                    break\n",
+    ),
     "drafts-shifted": (
         PROPOSER,
         "        drafts = torch.stack(draft_ids, dim=1)\n",
@@ -66,6 +73,9 @@ CATCHING_TESTS = {
     "kv-one-slot-early": ["integration_tests/test_lossless.py::test_float32_aggressive_skip_set_identical"],
     "draft-probs-temperature-1": ["integration_tests/test_sampling.py::test_draft_probabilities_follow_the_request"],
     "draft-top-p-ignored": ["integration_tests/test_sampling.py::test_draft_probabilities_follow_the_request"],
+    "draft-loop-syncs": [
+        "integration_tests/test_sampling.py::test_draft_loop_never_reads_the_device[cheap-head-adaptive-exit]",
+    ],
     "drafts-shifted": [
         "integration_tests/test_lossless.py::test_float32_greedy_identical[4]",
         "integration_tests/test_sampling.py::test_sampled_tokens_follow_the_target_distribution"

@@ -80,10 +80,13 @@ def test_schedule_that_never_drafts_means_plain_vllm(tiny_llama, tmp_path):
     save_profile(SkipProfile(model=identity, draft=DraftSettings(
         skip_attn=(1,), skip_mlp=(), num_speculative_tokens=3, num_speculative_tokens_per_batch_size=((1, 8, 0),))), path)
     assert build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path)}).speculative_config is None
-    # The user's own schedule wins over the profile's.
+    # The user's own schedule wins over the profile's; one that holds K everywhere is not handed to vLLM.
     config = build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path),
-                                       "num_speculative_tokens_per_batch_size": [[1, 1, 3]]}).speculative_config
-    assert config.method == "self_skip" and config.num_speculative_tokens_per_batch_size == [(1, 1, 3)]
+                                       "num_speculative_tokens_per_batch_size": [[1, 1, 3], [2, 4, 1]]}).speculative_config
+    assert config.method == "self_skip" and config.num_speculative_tokens_per_batch_size == [(1, 1, 3), (2, 4, 1)]
+    held = build_config(tiny_llama, {"method": "self_skip", "skip_profile": str(path),
+                                     "num_speculative_tokens_per_batch_size": [[1, 1, 3]]}).speculative_config
+    assert held.num_speculative_tokens == 3 and held.num_speculative_tokens_per_batch_size is None
 
 
 def test_draft_head_under_tensor_parallelism_is_refused(tiny_llama):
@@ -172,3 +175,21 @@ def test_every_spelling_selects_self_skip(tiny_llama, spec):
     config = build_config(tiny_llama, {**spec, "num_speculative_tokens": 2})
     assert isinstance(config.speculative_config, SelfSkipSpeculativeConfig)
     assert config.speculative_config.method == "self_skip"
+
+
+def test_layers_in_several_kv_cache_groups_are_refused(tiny_model_factory, tmp_path):
+    """Sliding-window layers beside full-attention ones: refused naming the model and why; the
+    same model with one kind of attention builds."""
+    import shutil
+
+    source = tiny_model_factory("qwen3")
+    assert build_config(source, {"method": "self_skip"}).speculative_config.method == "self_skip"
+    mixed = tmp_path / "tiny-qwen3-sliding"
+    shutil.copytree(source, mixed)
+    config = json.loads((mixed / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=64,
+                  layer_types=["sliding_attention", "full_attention"] * (config["num_hidden_layers"] // 2))
+    (mixed / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"self_skip cannot run {mixed}: its layers use 2 kinds of attention "
+                                         r"\(full_attention, sliding_attention\), which vLLM keeps in separate"):
+        build_config(str(mixed), {"method": "self_skip"})

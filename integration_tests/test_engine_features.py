@@ -152,7 +152,7 @@ def test_preemption_with_tiny_kv_cache(default_model):
         llm = make_llm(default_model, spec, **tiny_kv)
         try:
             prompts = chat_prompts(llm, load_prompt_set("chat")[:16])
-            outputs[name] = _summary(llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=64),
+            outputs[name] = _summary(llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=128),
                                                   use_tqdm=False))
             preemptions[name] = _counter(llm, "vllm:num_preemptions")
             drafts[name] = _counter(llm, "vllm:spec_decode_num_drafts")

@@ -172,14 +172,15 @@ def _score(plain, prompt_ids: list[list[int]], samples: list[list[int]]) -> tupl
     return np.array(logprobs), np.array(ranks)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def plain(engines, default_model):
+    """Fetched for every test, so that the pool keeps it over the self_skip engine used before."""
     return engines.get(default_model, None, **PLAIN_ENGINE)
 
 
 @pytest.fixture(scope="module")
-def prompts(plain):
-    return chat_prompts(plain, QUESTIONS)
+def prompts(engines, default_model):
+    return chat_prompts(engines.get(default_model, None, **PLAIN_ENGINE), QUESTIONS)
 
 
 @pytest.mark.parametrize("draft_sample_method, head", [("greedy", HEADS[0]), ("probabilistic", HEADS[1])],
@@ -260,3 +261,32 @@ def test_draft_probabilities_follow_the_request(engines, default_model, prompts)
     report = llm.collective_rpc(_probability_report)[0]
     assert report["rows"] > 0, report
     assert report["max_error"] < 1e-4 and report["tokens_in_support"], report
+
+
+@pytest.mark.parametrize("adaptive_exit", [False, True], ids=["fixed-length", "adaptive-exit"])
+@pytest.mark.parametrize("cheap_head", [False, True], ids=["full-head", "cheap-head"])
+def test_draft_loop_never_reads_the_device(engines, default_model, prompts, cheap_head, adaptive_exit):
+    """No device-to-host sync in ``propose``, for greedy and probabilistic drafts, with and
+    without the cheap head and adaptive exit (a low target acceptance, so drafts do exit).
+
+    The worker extension's recorder (``glue/host_reads.py``) notes each host read of a
+    tensor by the plugin's code: on the CPU every tensor is host memory, so it notes what
+    the same code does on a GPU.
+    """
+    llm = engines.get(default_model, _self_skip_spec("probabilistic"), **SELF_SKIP_ENGINE)
+    vocab = llm.collective_rpc(_draft_vocab_at_start)[0] if cheap_head else []
+    switch_draft(llm, **MIDDLE_SKIP, draft_vocab=vocab, adaptive_exit=adaptive_exit, target_acceptance=0.5,
+                 num_speculative_tokens=K)
+    llm.collective_rpc("selfspec_watch_host_reads")
+    before = SpecDecodeCounts.read(llm)
+    try:
+        for params in (SamplingParams(temperature=0.0, max_tokens=12),  # greedy drafts
+                       SamplingParams(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, max_tokens=12)):
+            llm.generate(prompts, params, use_tqdm=False)
+    finally:
+        report = llm.collective_rpc("selfspec_host_reads")[0]
+    spec = SpecDecodeCounts.read(llm).minus(before)
+    assert report["calls"] > 0 and spec.drafts > 0, (report, spec)
+    assert report["reads"] == [], report["reads"][:10]
+    if adaptive_exit:
+        assert spec.draft_tokens < K * spec.drafts, spec  # some drafts did exit early

@@ -124,3 +124,13 @@ def test_profile_with_oversized_draft_vocab_is_refused(tmp_path):
                                                              draft_vocab=(5, 2))), path)
     with pytest.raises(SelfSkipConfigError, match="draft.draft_vocab: token ids must be distinct, ascending"):
         load_profile(path)
+
+
+def test_a_schedule_that_holds_one_k_is_not_handed_to_vllm():
+    held, _ = resolve_self_skip(TINY, 2048, SelfSkipOptions(skip_attn=[1]), num_speculative_tokens=3,
+                                batch_size_schedule=[[1, 4, 3], [5, 8, 3]])
+    assert held.num_speculative_tokens_per_batch_size is None
+    for varies in ([[1, 4, 3], [5, 8, 2]], [[1, 4, 3], [6, 8, 3]], [[1, 4, 2]]):
+        resolved, _ = resolve_self_skip(TINY, 2048, SelfSkipOptions(skip_attn=[1]), num_speculative_tokens=3,
+                                        batch_size_schedule=varies)
+        assert resolved.num_speculative_tokens_per_batch_size == tuple(map(tuple, varies))

@@ -6,6 +6,10 @@ acceptance rate AR is smoothed, AR ← 0.5·AR + 0.5·(accepted/drafted); γ̃ =
 when AR is below the target (draft more cautiously), γ − 0.01 when above, and γ̃ = γ
 when every draft ran the full K tokens (no early exit happened, so γ said nothing);
 then γ ← 0.9·γ + 0.1·γ̃.
+
+In a batch, self_skip stops drafting once no request's draft is confident, so every
+request drafts the same number of tokens (one tensor, no per-request lists, no host
+sync); at batch 1 this is the paper's rule.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ class AdaptiveDraftExit:
     acceptance_rate: float | None = None
     """Smoothed accepted/drafted; ``None`` until the first verification is seen."""
 
-    def keeps_drafting(self, top1_probability: float) -> bool:
-        """Whether a request whose latest draft token had this top-1 probability drafts another."""
+    def keeps_drafting(self, top1_probability):
+        """Whether a request whose latest draft token had this top-1 probability drafts another
+        (elementwise for an array or tensor of them)."""
         return top1_probability >= self.threshold
 
     def update(self, accepted: int, drafted: int, ran_full_length: bool) -> None:

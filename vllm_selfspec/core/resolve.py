@@ -13,6 +13,7 @@ from vllm_selfspec.core.profile import (
     find_shipped_profile,
     load_profile,
 )
+from vllm_selfspec.core.schedule import holds_one_draft_length
 from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet, heuristic_skip_set
 
 DEFAULT_NUM_SPECULATIVE_TOKENS = 4
@@ -113,6 +114,8 @@ def resolve_self_skip(
         batch_size_schedule = tuned.num_speculative_tokens_per_batch_size
     if batch_size_schedule is not None:
         batch_size_schedule = tuple(check_batch_size_schedule(batch_size_schedule))
+        if holds_one_draft_length(batch_size_schedule, num_speculative_tokens):
+            batch_size_schedule = None
     settings = DraftSettings(
         skip_attn=skip_set.attn,
         skip_mlp=skip_set.mlp,

@@ -50,3 +50,18 @@ def schedule_from_measurements(best_k_by_batch_size: Mapping[int, int], max_batc
             schedule.append((start, end, k))
     return schedule
 
+
+
+def holds_one_draft_length(schedule: BatchSizeSchedule, num_speculative_tokens: int) -> bool:
+    """Whether ``schedule`` asks for ``num_speculative_tokens`` at every batch size.
+
+    Contiguous ranges from 1, each with that K (vLLM carries the last range's K on).
+    Such a schedule changes nothing, and is not handed to vLLM: a schedule makes vLLM
+    vary the number of tokens per step, which keeps verification from full CUDA graphs.
+    """
+    previous_end = 0
+    for start, end, k in schedule:
+        if start != previous_end + 1 or k != num_speculative_tokens:
+            return False
+        previous_end = end
+    return bool(schedule)

@@ -13,7 +13,12 @@ from vllm.logger import init_logger
 from vllm_selfspec.core.draft_settings import DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.resolve import resolve_self_skip
 from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet
-from vllm_selfspec.glue.identity import SUPPORTED_ARCHITECTURES, model_identity
+from vllm_selfspec.glue.identity import (
+    SUPPORTED_ARCHITECTURES,
+    attention_kinds,
+    mixed_attention_error,
+    model_identity,
+)
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
 
@@ -72,6 +77,9 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
                 f"self_skip cannot drive architecture {'/'.join(architectures) or 'unknown'}; "
                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
+        kinds = attention_kinds(target.hf_text_config)
+        if len(kinds) > 1:
+            raise SelfSkipConfigError(mixed_attention_error(str(target.model), kinds))
         identity = model_identity(target)
         draft, self.skip_source = resolve_self_skip(
             identity,

@@ -25,7 +25,9 @@ from vllm_selfspec.compat import PLUGIN_VERSION
 from vllm_selfspec.core.adaptive_exit import AdaptiveDraftExit
 from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.core.ranks import check_ranks_agree
+from vllm_selfspec.core.skip_set import SelfSkipConfigError
 from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
+from vllm_selfspec.glue.identity import mixed_attention_error
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
 
@@ -66,10 +68,13 @@ class SelfSkipProposer(DraftModelProposer):
       target just sampled; step k feeds the draft of step k-1.
     - Draft KV lands only in lookahead slots after the last verified token, which
       the next verification pass overwrites with the full model's KV.
-    - Optionally a cheaper LM head over a vocabulary subset, and adaptive exit: a
-      request stops drafting once its draft's top-1 probability falls under a
-      threshold that steers toward a target acceptance rate. Drafts then differ in
-      length per request, and are returned as lists, as vLLM's n-gram proposer does.
+    - Optionally a cheaper LM head over a vocabulary subset, and adaptive exit: the
+      batch stops drafting once no request's draft is confident (top-1 probability
+      under a threshold that steers toward a target acceptance rate).
+    - No device-to-host sync inside the draft loop: drafts are returned as one
+      ``[batch, steps]`` tensor, which vLLM's runner copies to the host
+      asynchronously; exit decisions and acceptance counts reach the host through
+      :class:`HostReadback`, and are acted on once their copy has landed.
     """
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, runner=None):
@@ -77,8 +82,12 @@ class SelfSkipProposer(DraftModelProposer):
         self.settings: DraftSettings = self.speculative_config.draft
         self.skip_set = self.speculative_config.skip_set()
         self.exit_rule = _exit_rule(self.settings)
-        self._drafted_last_step: dict[str, int] = {}
-        self._last_step_exited_early = False
+        self._still_confident = HostReadback(device, self.num_speculative_tokens)
+        """Per draft step: whether any request's draft was still confident after it."""
+        self._accepted = HostReadback(device, 1)
+        self._pending_observation: tuple[int, bool] | None = None
+        """Drafted tokens and whether the draft ran its full length, for the accepted count in flight."""
+        self._last_draft_ran_full_length = True
         self._target_model: nn.Module | None = None
         self._runner = runner
         logger.info(
@@ -143,7 +152,7 @@ class SelfSkipProposer(DraftModelProposer):
         self.settings = settings
         self.skip_set = skip_set
         self.exit_rule = _exit_rule(settings)
-        self._drafted_last_step = {}
+        self._pending_observation = None
         if rebuild:
             self._build_draft_model()
 
@@ -166,6 +175,37 @@ class SelfSkipProposer(DraftModelProposer):
         logger.info("self_skip: all %d tensor-parallel ranks draft with %s", group.world_size,
                     self.draft_plan())
 
+    def validate_same_kv_cache_group(self, kv_cache_config) -> None:
+        """Refuse, naming the model, when the draft's layers span several KV-cache groups.
+
+        The config check refuses the known cases before any worker starts; this catches
+        any other (vLLM's own check is a bare assertion).
+        """
+        group_of = {name: gid for gid, group in enumerate(kv_cache_config.kv_cache_groups)
+                    for name in group.layer_names}
+        groups = {group_of[name] for name in self._draft_attn_layer_names if name in group_of}
+        if len(groups) > 1:
+            kinds = {type(kv_cache_config.kv_cache_groups[gid].kv_cache_spec).__name__ for gid in groups}
+            raise SelfSkipConfigError(mixed_attention_error(self.vllm_config.model_config.model, kinds))
+        super().validate_same_kv_cache_group(kv_cache_config)
+
+    def runtime_report(self) -> dict:
+        """How the target and the draft run on this worker (for ``vllm-selfspec doctor``)."""
+        compilation = self.vllm_config.compilation_config
+        layers = get_layers_from_vllm_config(self.vllm_config, AttentionLayerBase)  # type: ignore[type-abstract]
+        backend = next(iter(layers.values())).get_attn_backend().get_name() if layers else "none"
+        draft_compiled = hasattr(self.model.forward, "_torchdynamo_orig_callable")
+        on_gpu = self.device.type == "cuda"
+        return {
+            "model_runner": type(self._runner).__name__ if self._runner is not None else "none",
+            "attention_backend": backend,
+            "target_compilation": f"{compilation.mode.name}, CUDA graphs {compilation.cudagraph_mode.name}"
+            if on_gpu else f"{compilation.mode.name} (no CUDA graphs on {self.device.type})",
+            "draft_compilation": "torch.compile (dynamic batch size)" if draft_compiled else "eager",
+            "draft_cuda_graphs": "none: this self_skip version runs its draft without CUDA graphs"
+            if on_gpu else f"none: {self.device.type} has no CUDA graphs",
+        }
+
     def initialize_cudagraph_keys(self, cudagraph_mode: CUDAGraphMode) -> None:
         """No CUDA graphs for the draft: its graph is not captured with the target's."""
         super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
@@ -184,19 +224,19 @@ class SelfSkipProposer(DraftModelProposer):
         mm_embed_inputs=None,
         num_rejected_tokens_gpu: torch.Tensor | None = None,
         slot_mappings=None,
-    ) -> torch.Tensor | list[list[int]]:
-        """Draft up to ``num_speculative_tokens`` tokens per request.
+    ) -> torch.Tensor:
+        """Draft up to ``num_speculative_tokens`` tokens per request, as a ``[batch, steps]`` tensor.
 
-        Returns a ``[batch, K]`` tensor, or per-request lists of at most K ids when
-        adaptive exit is on (a request's draft ends at its first low-confidence token).
+        With adaptive exit the batch stops after the first step at which no request's
+        draft is confident, as soon as the host sees that step's flag (at once on the
+        CPU; on a GPU the host may already have queued further steps).
         """
-        self._observe_verification(common_attn_metadata, num_rejected_tokens_gpu)
+        self._observe_verification(num_rejected_tokens_gpu)
         num_speculative_tokens = min(num_speculative_tokens, self.settings.num_speculative_tokens)
         self.num_speculative_tokens = num_speculative_tokens
         self._last_draft_probs = None
         batch_size = common_attn_metadata.batch_size()
         if num_speculative_tokens == 0:
-            self._drafted_last_step = {}
             return torch.empty(batch_size, 0, dtype=torch.int64, device=self.device)
 
         if token_indices_to_sample is None:
@@ -225,9 +265,10 @@ class SelfSkipProposer(DraftModelProposer):
         input_ids = next_token_ids
         draft_ids: list[torch.Tensor] = []
         draft_probs: list[torch.Tensor] = []
-        draft_lengths = [num_speculative_tokens] * batch_size
-        still_drafting = list(range(batch_size))
+        confident: torch.Tensor | None = None
         for step in range(num_speculative_tokens):
+            if confident is not None and self._no_draft_confident_before(step):
+                break
             positions = self._update_positions_dependent_metadata(
                 positions, cad, batch_size, input_batch_size, self.block_size
             )
@@ -253,20 +294,24 @@ class SelfSkipProposer(DraftModelProposer):
                 draft_probs.append(probs)
             input_ids = tokens.int()
             if top1 is not None:
-                confidence = top1.tolist()
-                for row in list(still_drafting):
-                    if not self.exit_rule.keeps_drafting(confidence[row]):
-                        draft_lengths[row] = step + 1
-                        still_drafting.remove(row)
-                if not still_drafting:
-                    break
+                step_confident = self.exit_rule.keeps_drafting(top1)
+                confident = step_confident if confident is None else confident & step_confident
+                self._still_confident.put(step, confident.any())
         if draft_probs:
             self._last_draft_probs = torch.stack(draft_probs, dim=1).contiguous()
         drafts = torch.stack(draft_ids, dim=1)
-        self._remember_drafts(draft_lengths, num_speculative_tokens)
-        if self.exit_rule is None:
-            return drafts
-        return [row[:length] for row, length in zip(drafts.tolist(), draft_lengths)]
+        self._last_draft_ran_full_length = drafts.shape[1] == num_speculative_tokens
+        return drafts
+
+    def _no_draft_confident_before(self, step: int) -> bool:
+        """Whether the latest step before ``step`` whose flag has reached the host had no confident draft.
+
+        Confidence only falls over a draft, so the latest landed flag decides.
+        """
+        for earlier in range(step - 1, -1, -1):
+            if self._still_confident.ready(earlier):
+                return not self._still_confident.get(earlier)
+        return False
 
     def _draft_tokens(
         self, hidden_states: torch.Tensor, sampling_metadata: SamplingMetadata
@@ -290,34 +335,66 @@ class SelfSkipProposer(DraftModelProposer):
         top1, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
         return tokens, None, top1
 
-    def _request_ids(self) -> list[str]:
-        """The request ids of the batch rows, in order (from the model runner's input batch)."""
-        return list(self._runner.input_batch.req_ids) if self._runner is not None else []
+    def _observe_verification(self, num_rejected_tokens_gpu: torch.Tensor | None) -> None:
+        """Feed the verification that just ran (accepted vs drafted) to the adaptive exit rule.
 
-    def _remember_drafts(self, draft_lengths: list[int], num_speculative_tokens: int) -> None:
-        """Note each request's draft length, to score them at the next verification."""
+        The drafted count is host data (the spec tokens the runner scheduled per row);
+        the accepted count is computed on the device and copied back without blocking.
+        The rule is updated once that copy has landed: at once on the CPU, else at a
+        later step (one observation in flight at a time).
+        """
         if self.exit_rule is None:
             return
-        req_ids = self._request_ids()
-        self._drafted_last_step = dict(zip(req_ids, draft_lengths))
-        self._last_step_exited_early = any(n < num_speculative_tokens for n in draft_lengths)
-
-    def _observe_verification(
-        self, common_attn_metadata: CommonAttentionMetadata, num_rejected_tokens_gpu: torch.Tensor | None
-    ) -> None:
-        """Feed the verification that just ran (accepted vs drafted) to the adaptive exit rule."""
-        if self.exit_rule is None or not self._drafted_last_step or num_rejected_tokens_gpu is None:
+        self._apply_landed_observation()
+        if self._pending_observation is not None or num_rejected_tokens_gpu is None or self._runner is None:
             return
-        query_lens = torch.diff(common_attn_metadata.query_start_loc_cpu).tolist()
-        rejected = num_rejected_tokens_gpu.tolist()
-        req_ids = self._request_ids()
-        drafted = accepted = 0
-        for row, req_id in enumerate(req_ids[: len(rejected)]):
-            verified = min(self._drafted_last_step.get(req_id, 0), query_lens[row] - 1)
-            if verified > 0:
-                drafted += verified
-                accepted += max(verified - int(rejected[row]), 0)
-        self.exit_rule.update(accepted, drafted, ran_full_length=not self._last_step_exited_early)
+        batch = self._runner.input_batch
+        draft_counts = [len(batch.spec_token_ids[row]) for row in range(batch.num_reqs)]
+        drafted = sum(draft_counts)
+        if drafted == 0:
+            return
+        scheduled = torch.tensor(draft_counts, dtype=num_rejected_tokens_gpu.dtype,
+                                 pin_memory=self.device.type == "cuda").to(self.device, non_blocking=True)
+        accepted = (scheduled - num_rejected_tokens_gpu[: len(draft_counts)]).clamp(min=0).sum()
+        self._accepted.put(0, accepted)
+        self._pending_observation = (drafted, self._last_draft_ran_full_length)
+        self._apply_landed_observation()
+
+    def _apply_landed_observation(self) -> None:
+        if self._pending_observation is None or not self._accepted.ready(0):
+            return
+        drafted, ran_full_length = self._pending_observation
+        self._pending_observation = None
+        self.exit_rule.update(self._accepted.get(0), drafted, ran_full_length=ran_full_length)
+
+
+class HostReadback:
+    """A few device integers copied to host memory without blocking, read once the copy has landed.
+
+    On a GPU each ``put`` is a non-blocking copy into pinned memory followed by an
+    event that ``ready`` polls (``Event.query`` never waits); the host reads the value
+    through a NumPy view of that memory. On the CPU the copy is done when ``put`` returns.
+    """
+
+    def __init__(self, device: torch.device, size: int):
+        self._on_gpu = device.type == "cuda"
+        self._host = torch.zeros(max(size, 1), dtype=torch.int64, pin_memory=self._on_gpu)
+        self._values = self._host.numpy()
+        self._events: list = [None] * len(self._values)
+
+    def put(self, slot: int, value: torch.Tensor) -> None:
+        self._host[slot : slot + 1].copy_(value.reshape(1), non_blocking=True)
+        if self._on_gpu:
+            event = torch.cuda.Event()
+            event.record()
+            self._events[slot] = event
+
+    def ready(self, slot: int) -> bool:
+        event = self._events[slot]
+        return event is None or event.query()
+
+    def get(self, slot: int) -> int:
+        return int(self._values[slot])
 
 
 def _exit_rule(settings: DraftSettings) -> AdaptiveDraftExit | None:

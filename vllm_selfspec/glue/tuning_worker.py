@@ -1,18 +1,20 @@
-"""``DraftSwitchingWorkerExtension``: change the draft of a running engine, for ``vllm-selfspec tune``.
+"""``DraftSwitchingWorkerExtension``: change and inspect the draft of a running engine.
 
-Loaded through vLLM's own ``worker_extension_cls`` engine argument; its methods are
-called on every worker with ``LLM.collective_rpc`` (all tensor-parallel ranks switch
-together, so their collectives stay in step).
+For ``vllm-selfspec tune``, ``evaluate`` and ``doctor``, and the tests. Loaded through
+vLLM's own ``worker_extension_cls`` engine argument; its methods are called on every
+worker with ``LLM.collective_rpc`` (all tensor-parallel ranks switch together, so their
+collectives stay in step).
 """
 
 from __future__ import annotations
 
 from vllm_selfspec.core.draft_settings import DraftSettings
+from vllm_selfspec.glue.host_reads import unwatch_propose, watch_propose
 from vllm_selfspec.glue.patches import PatchDynamoRecompileLimits
 
 
 class DraftSwitchingWorkerExtension:
-    """Worker methods that switch the self_skip draft without restarting the engine."""
+    """Worker methods that switch the self_skip draft without restarting the engine, and report on it."""
 
     def selfspec_configure_draft(self, settings: dict) -> str:
         """Install new draft settings (a ``DraftSettings`` as plain data); return the draft plan."""
@@ -20,6 +22,18 @@ class DraftSwitchingWorkerExtension:
         drafter = self.model_runner.drafter
         drafter.reconfigure(DraftSettings.from_builtins(settings))
         return drafter.draft_plan()
+
+    def selfspec_watch_host_reads(self) -> None:
+        """Start recording host reads of tensors by the plugin inside ``propose``."""
+        watch_propose(self.model_runner.drafter)
+
+    def selfspec_host_reads(self) -> dict:
+        """Stop recording; ``{"calls": ..., "reads": [...]}`` since ``selfspec_watch_host_reads``."""
+        return unwatch_propose(self.model_runner.drafter)
+
+    def selfspec_runtime(self) -> dict:
+        """How this worker runs the target and the draft: runner, attention backend, compilation, graphs."""
+        return self.model_runner.drafter.runtime_report()
 
 
 DRAFT_SWITCHING_EXTENSION = f"{__name__}.{DraftSwitchingWorkerExtension.__qualname__}"

@@ -1,4 +1,4 @@
-"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, bench, tune, evaluate, serve."""
+"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, doctor, bench, tune, evaluate, serve."""
 
 from __future__ import annotations
 
@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate", help="a profile against plain vLLM and fixed skip patterns on held-out prompts; report"
     )
     evaluate_module.add_arguments(evaluate)
+    from vllm_selfspec.tools import doctor as doctor_module
+
+    doctor = commands.add_parser(
+        "doctor", help="is this install healthy and fast: runtime, syncs, outputs and batch-1 speed against plain vLLM"
+    )
+    doctor_module.add_arguments(doctor)
     args = parser.parse_args(argv)
 
     if args.command == "prepare-model":
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return bench_module.run_bench(args)
         except bench_module.BenchInputError as error:
             parser.exit(2, f"vllm-selfspec bench: error: {error}\n")
+    if args.command == "doctor":
+        return doctor_module.run_doctor(args)
     if args.command == "evaluate":
         return evaluate_module.run_evaluate(args)
     if args.command == "tune":

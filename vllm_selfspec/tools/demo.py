@@ -30,22 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the engines; return 0 when every greedy output matches plain vLLM token for token."""
-    from transformers import AutoConfig
     from vllm import SamplingParams
 
-    from vllm_selfspec.core.draft_settings import SelfSkipOptions
-    from vllm_selfspec.core.resolve import resolve_self_skip
     from vllm_selfspec.tools.engine_runs import (
         SpecDecodeCounts,
         chat_prompts,
         combined_tokens_per_s,
         default_dtype,
+        describe_draft,
+        drafting_held_on,
         make_llm,
+        median_and_range,
         release,
         timed_generate,
         timed_workload,
     )
-    from vllm_selfspec.glue.identity import identity_from_hf_config
     from vllm_selfspec.tools.model_prep import prepare_default_model
 
     if args.rounds < 1:
@@ -59,23 +58,19 @@ def run_demo(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     questions = load_prompt_set(args.prompts)[: args.num_prompts]
 
-    identity = identity_from_hf_config(model, AutoConfig.from_pretrained(model))
-    draft, source = resolve_self_skip(identity, max_model_len=2048,
-                                      options=SelfSkipOptions(skip_profile=args.skip_profile),
-                                      num_speculative_tokens=args.num_speculative_tokens)
-    settings = (f"K={draft.num_speculative_tokens}, {draft.skip_set(identity.num_layers).describe()}, "
-                f"{draft.describe_head_and_exit()} (from {source})")
-    held = [[1, 1, draft.num_speculative_tokens]]
+    dtype = args.dtype or default_dtype()
+    llms = {"plain": make_llm(model, None, dtype=dtype, enforce_eager=args.eager)}
+    llms["self_skip"] = make_llm(model, spec, dtype=dtype, enforce_eager=args.eager)
     # The third engine holds K at every batch size, to show the drafts themselves even
     # where the profile's schedule turns drafting off.
-    engines = {"plain": None, "self_skip": spec,
-               "self_skip, drafting held on": {**spec, "num_speculative_tokens_per_batch_size": held}}
-    dtype = args.dtype or default_dtype()
-    llms = {name: make_llm(model, config, dtype=dtype, enforce_eager=args.eager) for name, config in engines.items()}
+    llms["self_skip, drafting held on"] = make_llm(model, drafting_held_on(llms["plain"], spec), dtype=dtype,
+                                                   enforce_eager=args.eager)
+    engines = list(llms)
     prompts = chat_prompts(llms["plain"], questions)
     labels = ("one at a time", f"batch of {len(prompts)}")
     # rounds[name][label]: one (runs, counts) per round
     rounds: dict[str, dict[str, list]] = {name: {label: [] for label in labels} for name in engines}
+    drafts = {name: describe_draft(llms[name]) for name in engines[1:]}
     try:
         for llm in llms.values():
             timed_generate(llm, prompts[:2], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
@@ -96,11 +91,12 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\nmodel {model}, dtype {dtype}, {'eager' if args.eager else 'compiled'}, greedy, "
           f"{len(questions)} prompts, max_tokens {args.max_tokens}, {args.rounds} alternating rounds "
           "(tok/s: median [lowest-highest round])")
-    print(f"self_skip settings: {settings}")
+    for name in engines[1:]:
+        print(f"{name}: {drafts[name]}")
     identical = total = 0
     for label in labels:
         plain_rates = [combined_tokens_per_s(runs) for runs, _ in rounds["plain"][label]]
-        print(f"{label}: plain {_spread(plain_rates)}")
+        print(f"{label}: plain {median_and_range(plain_rates)}")
         for name in list(engines)[1:]:
             rates = [combined_tokens_per_s(runs) for runs, _ in rounds[name][label]]
             ratio = statistics.median(rates) / statistics.median(plain_rates)
@@ -110,12 +106,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 same += sum(a == b for a, b in zip(outputs, [t for run in plain_runs for t in run.token_ids]))
             identical, total = identical + same, total + len(questions) * args.rounds
             counts = functools.reduce(SpecDecodeCounts.plus, [c for _, c in rounds[name][label]])
-            print(f"  {name}: {_spread(rates)} ({ratio:.3f}x plain's median), outputs identical "
+            print(f"  {name}: {median_and_range(rates)} ({ratio:.3f}x plain's median), outputs identical "
                   f"{same}/{len(questions) * args.rounds}, accepted {counts.accepted_tokens}/{counts.draft_tokens} "
                   f"draft tokens ({counts.acceptance_rate:.1%}), {counts.mean_acceptance_length:.2f} tokens per step")
     print(f"outputs identical to plain vLLM: {identical}/{total}")
     return 0 if identical == total else 1
-
-
-def _spread(rates: list[float]) -> str:
-    return f"{statistics.median(rates):.1f} tok/s [{min(rates):.1f}-{max(rates):.1f}]"

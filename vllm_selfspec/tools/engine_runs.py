@@ -118,6 +118,31 @@ def make_llm(model: str, speculative_config: dict | None = None, **overrides) ->
     return LLM(model=model, speculative_config=speculative_config, **kwargs)
 
 
+def drafting_held_on(plain: LLM, spec: dict) -> dict:
+    """``spec`` (a self_skip config) with drafting on at every batch size.
+
+    K is what self_skip resolves for this model (given K, profile or default), for the
+    context of the running ``plain`` engine; the profile's schedule is set aside.
+    """
+    from vllm_selfspec.core.draft_settings import SelfSkipOptions
+    from vllm_selfspec.core.resolve import resolve_self_skip
+    from vllm_selfspec.glue.identity import model_identity
+
+    model_config = plain.llm_engine.vllm_config.model_config
+    draft, _ = resolve_self_skip(model_identity(model_config), model_config.max_model_len,
+                                 SelfSkipOptions.take_from(dict(spec)), spec.get("num_speculative_tokens"))
+    return {**spec, "num_speculative_tokens_per_batch_size": [[1, 1, draft.num_speculative_tokens]]}
+
+
+def describe_draft(llm: LLM) -> str:
+    """The draft an engine resolved at start-up, as its config holds it."""
+    spec = llm.llm_engine.vllm_config.speculative_config
+    if spec is None:
+        return "no speculative decoding (the schedule drafts at no batch size)"
+    return (f"K={spec.draft.num_speculative_tokens}, {spec.skip_set().describe()}, "
+            f"{spec.draft.describe_head_and_exit()} (from {spec.skip_source})")
+
+
 def release(llm: LLM) -> None:
     """Shut an engine down and free its memory before the next one starts."""
     llm.llm_engine.engine_core.shutdown()
@@ -163,3 +188,10 @@ def timed_workload(llm: LLM, prompts: list[str], params: SamplingParams, batch_s
 def combined_tokens_per_s(runs: list[TimedRun]) -> float:
     """Output tokens over wall time, summed over several runs."""
     return sum(r.output_tokens for r in runs) / sum(r.seconds for r in runs)
+
+
+def median_and_range(rates: list[float]) -> str:
+    """Speeds of several rounds as ``median tok/s [lowest-highest]``."""
+    import statistics
+
+    return f"{statistics.median(rates):.1f} tok/s [{min(rates):.1f}-{max(rates):.1f}]"
