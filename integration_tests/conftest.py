@@ -41,6 +41,7 @@ def pytest_collection_modifyitems(items):
     items[:] = others + sorted(integration, key=rank)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: the suite also runs without xdist
 def pytest_xdist_make_scheduler(config, log):
     """Under ``pytest -n N`` (``make test``): a file's tests, or all the Ray files' tests, run
     in one worker, in order, so module-scoped and pooled engines are shared.
@@ -50,6 +51,8 @@ def pytest_xdist_make_scheduler(config, log):
     ids), so the scopes are drawn here from the node ids.
     """
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # keep GROUP_ORDER: longest group first
 
     class FileAndRayScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

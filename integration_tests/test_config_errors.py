@@ -14,7 +14,8 @@ from vllm_selfspec.glue.config import SelfSkipSpeculativeConfig
 
 
 def build_config(model: str, spec: dict | None = None, **kwargs):
-    return EngineArgs(model=model, speculative_config=spec, max_model_len=512, **kwargs).create_engine_config()
+    kwargs.setdefault("max_model_len", 512)
+    return EngineArgs(model=model, speculative_config=spec, **kwargs).create_engine_config()
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,7 @@ def test_layers_in_several_kv_cache_groups_are_refused(tiny_model_factory, tmp_p
     with pytest.raises(ValueError, match=rf"self_skip cannot run {mixed}: its layers use 2 kinds of attention "
                                          r"\(full_attention, sliding_attention\), which vLLM keeps in separate"):
         build_config(str(mixed), {"method": "self_skip"})
+    # The user's disable_sliding_window makes every layer attend in full (vLLM then caps the
+    # context at the window): one group.
+    assert build_config(str(mixed), {"method": "self_skip"}, disable_sliding_window=True, max_model_len=64) \
+        .speculative_config.method == "self_skip"

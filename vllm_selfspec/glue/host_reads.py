@@ -8,25 +8,47 @@ host memory, so the recorder notes what the same code would do on a GPU. Used by
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-HOST_READS = frozenset({"tolist", "item", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"})
-"""Tensor methods that bring a tensor's values to the host."""
+HOST_READS = frozenset({"tolist", "item", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__",
+                        "__format__", "nonzero", "masked_select", "unique", "unique_consecutive"})
+"""Tensor methods that bring a tensor's values to the host, or whose output shape depends on them."""
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 
-def _names_a_device(args, kwargs) -> bool:
-    return "device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args[1:])
+def _waits_for_values(name: str, args, kwargs) -> bool:
+    """Boolean-mask indexing, or a ``to`` naming a device or a ``copy_`` from a device tensor into
+    host memory without ``non_blocking``."""
+    if kwargs.get("non_blocking") or (name == "copy_" and len(args) > 2 and args[2] is True):
+        return False
+    if name == "to":
+        return "device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args[1:])
+    if name == "__getitem__":  # boolean-mask indexing: the result's shape depends on the mask
+        index = args[1] if len(args) > 1 else None
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                   for i in (index if isinstance(index, tuple) else (index,)))
+    if name == "copy_":
+        source = args[1] if len(args) > 1 else kwargs.get("src")
+        return isinstance(source, torch.Tensor) and args[0].device.type == "cpu" and source.device.type != "cpu"
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _in_package(filename: str) -> bool:
+    return str(Path(filename).resolve()).startswith(PACKAGE_DIR)
 
 
 class HostReadRecorder(TorchFunctionMode):
     """While active, records each host read made from a file of this package.
 
-    ``HOST_READS``, and ``to``/``copy_`` naming a device without ``non_blocking=True``.
+    ``HOST_READS``, boolean-mask indexing, a ``to`` naming a device and a ``copy_`` from a
+    device into host memory, each without ``non_blocking=True`` (on the CPU no tensor is
+    on a device, so that last one shows only on a GPU).
     vLLM's own code called meanwhile is not the plugin's and is not recorded.
     """
 
@@ -38,9 +60,8 @@ class HostReadRecorder(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         caller = sys._getframe(1)
-        if caller.f_code.co_filename.startswith(PACKAGE_DIR) and (
-            name in HOST_READS
-            or (name in ("to", "copy_") and not kwargs.get("non_blocking") and _names_a_device(args, kwargs))
+        if _in_package(caller.f_code.co_filename) and (
+            name in HOST_READS or _waits_for_values(name, args, kwargs)
         ):
             self.reads.append(f"{name} at {Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
         return func(*args, **kwargs)

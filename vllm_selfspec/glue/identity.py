@@ -45,7 +45,10 @@ def attention_kinds(hf) -> set[str]:
     ``layer_types`` where the config lists them (e.g. ``sliding_attention`` beside
     ``full_attention``); Qwen2's ``use_sliding_window`` with ``max_window_layers`` below
     the layer count also mixes the two. Each kind is a KV-cache group of its own in vLLM.
+    Without a window every layer attends in full.
     """
+    if getattr(hf, "sliding_window", None) is None:
+        return {"full_attention"}
     layer_types = getattr(hf, "layer_types", None)
     if layer_types:
         return set(layer_types)

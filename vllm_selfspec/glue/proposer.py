@@ -338,7 +338,7 @@ class SelfSkipProposer(DraftModelProposer):
     def _observe_verification(self, num_rejected_tokens_gpu: torch.Tensor | None) -> None:
         """Feed the verification that just ran (accepted vs drafted) to the adaptive exit rule.
 
-        The drafted count is host data (the spec tokens the runner scheduled per row);
+        The drafted count is host data (the real drafts the runner scheduled per row);
         the accepted count is computed on the device and copied back without blocking.
         The rule is updated once that copy has landed: at once on the CPU, else at a
         later step (one observation in flight at a time).
@@ -349,7 +349,9 @@ class SelfSkipProposer(DraftModelProposer):
         if self._pending_observation is not None or num_rejected_tokens_gpu is None or self._runner is None:
             return
         batch = self._runner.input_batch
-        draft_counts = [len(batch.spec_token_ids[row]) for row in range(batch.num_reqs)]
+        # -1 marks a placeholder the scheduler padded in (a request resumed or fully
+        # prefix-cached with one token left): not a draft, and always rejected.
+        draft_counts = [sum(token >= 0 for token in batch.spec_token_ids[row]) for row in range(batch.num_reqs)]
         drafted = sum(draft_counts)
         if drafted == 0:
             return

@@ -74,18 +74,21 @@ def run_doctor(args: argparse.Namespace) -> int:
         params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
         for llm in llms.values():
             timed_generate(llm, prompts[:1], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
-        rates: dict[str, list[float]] = {name: [] for name in llms}
-        outputs: dict[str, list] = {}
+        # Host reads are watched in a pass of their own, untimed: the recorder sees every torch call.
         self_skip.collective_rpc("selfspec_watch_host_reads")
-        before = SpecDecodeCounts.read(self_skip)
         try:
-            for _ in range(args.rounds):
-                for name, llm in llms.items():
-                    runs = timed_workload(llm, prompts, params, 1)
-                    rates[name].append(combined_tokens_per_s(runs))
-                    outputs[name] = [ids for run in runs for ids in run.token_ids]
+            self_skip.generate(prompts[:1] * 2, [params, SamplingParams(temperature=0.8, top_p=0.9, max_tokens=16)],
+                               use_tqdm=False)
         finally:
             host_reads = self_skip.collective_rpc("selfspec_host_reads")[0]
+        rates: dict[str, list[float]] = {name: [] for name in llms}
+        outputs: dict[str, list] = {name: [] for name in llms}
+        before = SpecDecodeCounts.read(self_skip)
+        for _ in range(args.rounds):
+            for name, llm in llms.items():
+                runs = timed_workload(llm, prompts, params, 1)
+                rates[name].append(combined_tokens_per_s(runs))
+                outputs[name] += [ids for run in runs for ids in run.token_ids]
         counts = SpecDecodeCounts.read(self_skip).minus(before)
         draft = describe_draft(self_skip)
     finally:
@@ -106,7 +109,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     print(f"draft: {draft}")
     print(f"host reads in the draft loop: {'none' if not reads else len(reads)} over {host_reads['calls']} "
           f"propose calls{'' if not reads else ': ' + ', '.join(sorted(set(reads))[:5])}")
-    print(f"greedy outputs identical to plain vLLM: {identical}/{len(outputs['plain'])} prompts")
+    print(f"greedy outputs identical to plain vLLM: {identical}/{len(outputs['plain'])} "
+          f"({args.num_prompts} prompts x {args.rounds} rounds)")
     print(f"batch 1, {args.rounds} alternating rounds (median [range]): plain {median_and_range(rates['plain'])}, "
           f"self_skip {median_and_range(rates['self_skip'])}: {ratio:.2f}x plain; accepted "
           f"{counts.accepted_tokens}/{counts.draft_tokens} draft tokens ({counts.acceptance_rate:.1%}), "

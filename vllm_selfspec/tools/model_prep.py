@@ -7,6 +7,7 @@ GGUF once with transformers, and saves a normal Hugging Face folder in a cache.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -51,10 +52,23 @@ def _gguf_path() -> Path:
 
 
 def prepare_default_model() -> Path:
-    """Return the default model's folder, converting it first if it is not there yet."""
+    """Return the default model's folder, converting it first if it is not there yet.
+
+    Processes that ask at once (the suite's workers) convert it once: the first holds a
+    lock on the cache folder while it converts, the others wait and find it done.
+    """
     target = default_model_path()
     if (target / _COMPLETE_MARKER).is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / _COMPLETE_MARKER).is_file():
+            _convert_gguf_into(target)
+    return target
+
+
+def _convert_gguf_into(target: Path) -> None:
     gguf = _gguf_path()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,4 +87,3 @@ def prepare_default_model() -> Path:
     (staging / _COMPLETE_MARKER).write_text(f"converted from {GGUF_PACKAGE}:{GGUF_FILE}\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    return target

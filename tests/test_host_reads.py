@@ -1,0 +1,39 @@
+"""The host-read recorder flags what would wait for a GPU, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_selfspec.glue.host_reads import HOST_READS, PACKAGE_DIR, _in_package, _waits_for_values
+
+t = torch.arange(4)
+
+
+@pytest.mark.parametrize("name, args, kwargs, waits", [
+    ("to", (t, "cpu"), {}, True),
+    ("to", (t, torch.device("cpu")), {}, True),
+    ("to", (t,), {"device": "cpu"}, True),
+    ("to", (t, "cpu"), {"non_blocking": True}, False),
+    ("to", (t, torch.float32), {}, False),
+    ("__getitem__", (t, t > 1), {}, True),
+    ("__getitem__", (t, (slice(None), t > 1)), {}, True),
+    ("__getitem__", (t, t[:2]), {}, False),
+    ("__getitem__", (t, 0), {}, False),
+    ("copy_", (torch.empty(4, dtype=torch.long), t), {}, False),  # host to host: no device involved
+    ("add", (t, t), {}, False),
+])
+def test_what_waits_for_values(name, args, kwargs, waits):
+    assert _waits_for_values(name, args, kwargs) is waits
+
+
+def test_reads_and_shapes_from_values_are_listed():
+    assert {"tolist", "item", "__bool__", "nonzero", "masked_select"} <= HOST_READS
+
+
+def test_only_the_package_s_own_files_count(tmp_path):
+    assert _in_package(f"{PACKAGE_DIR}/glue/proposer.py")
+    assert not _in_package(torch.__file__)
+    link = tmp_path / "linked"
+    link.symlink_to(PACKAGE_DIR)
+    assert _in_package(str(link / "glue" / "proposer.py"))
