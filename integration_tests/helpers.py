@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from vllm import LLM, SamplingParams
 from vllm.v1.metrics.prometheus import unregister_vllm_metrics
 
+from vllm_selfspec.core.draft_length_controller import ControllerSettings
 from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
 from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
@@ -125,15 +126,28 @@ def _activate(collectors: list) -> None:
         REGISTRY.register(collector)
 
 
+QUICK_CONTROLLER = ControllerSettings(warmup_steps=1, explore_every=4, decision_steps=1)
+"""The draft-length controller at its quickest: deciding every step, one warm-up step per K,
+exploring every 4 steps, so that K changes inside short requests."""
+
+
 def switch_draft(llm: LLM, *, skip_attn: list[int], skip_mlp: list[int], num_speculative_tokens: int,
-                 draft_vocab: list[int] = (), adaptive_exit: bool = False, target_acceptance: float = 0.9) -> str:
+                 draft_vocab: list[int] = (), adaptive_exit: bool = False, target_acceptance: float = 0.9,
+                 controller: ControllerSettings | None = None) -> str:
     """Install these draft settings in every worker of a pooled self_skip engine; return the plan.
 
-    ``num_speculative_tokens`` caps the draft length under the engine's K."""
+    ``num_speculative_tokens`` caps the draft length under the engine's K; with ``controller``
+    the draft-length controller chooses K up to it."""
     settings = DraftSettings(skip_attn=tuple(skip_attn), skip_mlp=tuple(skip_mlp),
                              num_speculative_tokens=num_speculative_tokens, draft_vocab=tuple(draft_vocab),
-                             adaptive_exit=adaptive_exit, draft_exit_target_acceptance=target_acceptance)
+                             adaptive_exit=adaptive_exit, draft_exit_target_acceptance=target_acceptance,
+                             draft_length_controller=controller)
     return llm.collective_rpc("selfspec_configure_draft", args=(settings.to_builtins(),))[0]
+
+
+def draft_lengths(llm: LLM) -> list[list[tuple[int, int]]]:
+    """Every worker's record of the draft-length controller: (batch size, K) per step."""
+    return [[tuple(step) for step in record["steps"]] for record in llm.collective_rpc("selfspec_draft_lengths")]
 
 
 def greedy_run(llm: LLM, *, max_tokens: int = 128, singles: int = 4, num_prompts: int = 16,

@@ -4,7 +4,8 @@ float32: exact identity, 16 prompts batched and 4 of them one request at a time
 (a short question first, then an article summary): K in {1, 4} with the shipped
 profile's mild skip set (one attention sublayer), an aggressive skip set (a fifth of
 the sublayers, so that many drafts are rejected) at K=8, and every mechanism on
-(cheap draft head, adaptive exit, a batch-size schedule).
+(cheap draft head, adaptive exit, a batch-size schedule), and with the draft-length
+controller changing K inside requests.
 bfloat16: plain vLLM itself is not batch-invariant, so every divergence must sit at
 a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON); batched
 here in ``make test-extended``, over HTTP in test_server.py.
@@ -22,7 +23,14 @@ from __future__ import annotations
 
 import pytest
 
-from integration_tests.helpers import COMPILATION_MODES, first_difference, greedy_run, switch_draft
+from integration_tests.helpers import (
+    COMPILATION_MODES,
+    QUICK_CONTROLLER,
+    draft_lengths,
+    first_difference,
+    greedy_run,
+    switch_draft,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -178,3 +186,18 @@ def test_float32_aggressive_skip_set_identical(engines, default_model, plain_f32
     assert run.spec.drafts > 0 and run.spec.draft_tokens == MAX_K * run.spec.drafts
     assert 0.05 < run.spec.acceptance_rate < 0.8, run.spec
 
+
+
+def test_float32_greedy_identical_while_the_controller_changes_k(engines, default_model, plain_f32):
+    """The draft-length controller at its quickest (deciding every step, one warm-up step per K,
+    exploring every 4 steps), with adaptive exit: K changes inside requests, output stays identical."""
+    llm = _engine(engines, default_model, SELF_SKIP)
+    switch_draft(llm, **MILD, adaptive_exit=True, num_speculative_tokens=4, controller=QUICK_CONTROLLER)
+    run = greedy_run(llm)
+    _assert_identical(plain_f32, run, "controller")
+    assert run.spec.drafts > 0 and 0 < run.spec.accepted_tokens <= run.spec.draft_tokens, run.spec
+    [steps] = draft_lengths(llm)
+    assert {k for _, k in steps} == {0, 1, 2, 3, 4}, steps  # every K ran, no drafts included
+    assert {1, 16} <= {batch_size for batch_size, _ in steps}
+    changes = sum(k != previous for (_, previous), (_, k) in zip(steps, steps[1:]))
+    assert changes >= 20, f"K changed {changes} times in {len(steps)} steps"

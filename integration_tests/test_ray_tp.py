@@ -1,4 +1,5 @@
-"""Tensor parallelism on Ray: lossless, the plugin in every worker, ranks agreeing on the skip set.
+"""Tensor parallelism on Ray: lossless, the plugin in every worker, ranks agreeing on the skip set
+and, with the draft-length controller on, on K at every step.
 
 vLLM refuses Ray on the CPU platform, so these tests switch on the TEST-ONLY shim
 (``vllm_selfspec.glue.ray_cpu_test_shim``) through its environment variable and start a
@@ -13,7 +14,7 @@ import os
 import pytest
 from vllm import SamplingParams
 
-from integration_tests.helpers import removing_leaked_cpu_shm
+from integration_tests.helpers import QUICK_CONTROLLER, removing_leaked_cpu_shm
 from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.glue.patches import RAY_ON_CPU_TEST_SHIM_ENV_VAR
 from vllm_selfspec.tools.prompts import load_prompt_set
@@ -104,6 +105,23 @@ def _reload_draft_with_rank_1_diverging(worker) -> str:
         drafter.skip_set = agreed
 
 
+def _switch_on_quick_controller(worker) -> None:
+    """The controller deciding every step; rank 1's clock skewed so that drafting looks 3x
+    faster per drafted token there: left to itself, rank 1 would choose other K than rank 0."""
+    from vllm.distributed import get_tensor_model_parallel_rank
+
+    drafter = worker.model_runner.drafter
+    drafter.reconfigure(drafter.settings.replace(draft_length_controller=QUICK_CONTROLLER))
+    if get_tensor_model_parallel_rank() == 1:
+        observe = drafter.controller.observe
+        drafter.controller.observe = lambda batch_size, k, tokens, seconds: observe(
+            batch_size, k, tokens, seconds / (1 + 2 * k))
+
+
+def _draft_lengths(worker) -> list:
+    return list(worker.model_runner.drafter.draft_length_history)
+
+
 def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_model_factory):
     model = tiny_model_factory("llama")
 
@@ -140,5 +158,15 @@ def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_m
         # The failed reload left the agreed draft in place; the engine still drafts, losslessly.
         assert _generate(llm, prompts) == expected
         assert SpecDecodeCounts.read(llm).minus(drafted).drafts > 0
+
+        # The draft-length controller deciding every step: each rank measures its own step
+        # times, rank 0 decides and broadcasts, and both ranks draft the same K at every step.
+        llm.collective_rpc(_switch_on_quick_controller)
+        before = SpecDecodeCounts.read(llm)
+        assert _generate(llm, prompts) == expected
+        assert SpecDecodeCounts.read(llm).minus(before).drafts > 0
+        rank_0, rank_1 = llm.collective_rpc(_draft_lengths)
+        assert rank_0 == rank_1 and len(rank_0) >= 20, (rank_0, rank_1)
+        assert len({k for _, k in rank_0}) >= 3, rank_0  # K did change
     finally:
         release(llm)

@@ -23,7 +23,8 @@ Each must reach 0.95, and the simulated false-alarm rate must stay near 0.01.
 
 It runs with greedy drafts and the full LM head at fixed length, and with
 probabilistic drafts (the draft's own probabilities reach vLLM's rejection sampler)
-with the cheap draft head (``-inf`` outside its vocabulary) and adaptive exit. The
+with the cheap draft head (``-inf`` outside its vocabulary), adaptive exit and the
+draft-length controller choosing K per step. The
 draft skips five middle sublayers and is often wrong, so both branches of rejection
 sampling run.
 
@@ -39,7 +40,7 @@ import torch
 from scipy.stats import chi2, norm
 from vllm import SamplingParams
 
-from integration_tests.helpers import switch_draft
+from integration_tests.helpers import QUICK_CONTROLLER, draft_lengths, switch_draft
 from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts
 
 pytestmark = pytest.mark.engine
@@ -71,17 +72,18 @@ def _self_skip_spec(draft_sample_method: str) -> dict:
             "num_speculative_tokens_per_batch_size": [[1, 1, K]], "draft_sample_method": draft_sample_method}
 
 
-HEADS = ["full-head-fixed-length", "cheap-head-adaptive-exit"]
+HEADS = ["full-head-fixed-length", "cheap-head-adaptive-exit", "cheap-head-adaptive-exit-controller"]
 
 
 def _configure(llm, head: str) -> None:
-    """Switch the pooled engine's draft to the full head at fixed length, or its cheap head + exit rule."""
+    """Switch the pooled engine's draft to the full head at fixed length, or its cheap head + exit
+    rule (with the draft-length controller at its quickest for the last)."""
     if head == "full-head-fixed-length":
         switch_draft(llm, **MIDDLE_SKIP, num_speculative_tokens=K)
     else:
         vocab = llm.collective_rpc(_draft_vocab_at_start)[0]
         switch_draft(llm, **MIDDLE_SKIP, draft_vocab=vocab, adaptive_exit=True, target_acceptance=0.5,
-                     num_speculative_tokens=K)
+                     num_speculative_tokens=K, controller=QUICK_CONTROLLER if head.endswith("controller") else None)
 
 
 def _draft_vocab_at_start(worker) -> list[int]:
@@ -183,7 +185,7 @@ def prompts(engines, default_model):
     return chat_prompts(engines.get(default_model, None, **PLAIN_ENGINE), QUESTIONS)
 
 
-@pytest.mark.parametrize("draft_sample_method, head", [("greedy", HEADS[0]), ("probabilistic", HEADS[1])],
+@pytest.mark.parametrize("draft_sample_method, head", [("greedy", HEADS[0]), ("probabilistic", HEADS[2])],
                          ids=lambda value: value)
 def test_sampled_tokens_follow_the_target_distribution(engines, default_model, plain, prompts,
                                                        draft_sample_method, head):
@@ -193,6 +195,9 @@ def test_sampled_tokens_follow_the_target_distribution(engines, default_model, p
     # Both branches of rejection sampling ran: accepted drafts, and rejected ones replaced
     # by a sample from the residual distribution.
     assert spec.drafts > 0 and 0 < spec.accepted_tokens < spec.draft_tokens, spec
+    if head.endswith("controller"):
+        [steps] = draft_lengths(llm)
+        assert len({k for _, k in steps}) >= 2, steps  # the controller changed K
     logprobs, ranks = _score(plain, prompt_ids, samples)
     probs = _request_distribution(logprobs, TEMPERATURE, TOP_P)
     observed = _decide(probs, ranks, np.random.default_rng(0).random(ranks.shape))
@@ -263,11 +268,13 @@ def test_draft_probabilities_follow_the_request(engines, default_model, prompts)
     assert report["max_error"] < 1e-4 and report["tokens_in_support"], report
 
 
+@pytest.mark.parametrize("controller", [False, True], ids=["fixed-k", "controller"])
 @pytest.mark.parametrize("adaptive_exit", [False, True], ids=["fixed-length", "adaptive-exit"])
 @pytest.mark.parametrize("cheap_head", [False, True], ids=["full-head", "cheap-head"])
-def test_draft_loop_never_reads_the_device(engines, default_model, prompts, cheap_head, adaptive_exit):
+def test_draft_loop_never_reads_the_device(engines, default_model, prompts, cheap_head, adaptive_exit, controller):
     """No device-to-host sync in ``propose``, for greedy and probabilistic drafts, with and
-    without the cheap head and adaptive exit (a low target acceptance, so drafts do exit).
+    without the cheap head, adaptive exit (a low target acceptance, so drafts do exit) and
+    the draft-length controller.
 
     The worker extension's recorder (``glue/host_reads.py``) notes each host read of a
     tensor by the plugin's code: on the CPU every tensor is host memory, so it notes what
@@ -276,7 +283,7 @@ def test_draft_loop_never_reads_the_device(engines, default_model, prompts, chea
     llm = engines.get(default_model, _self_skip_spec("probabilistic"), **SELF_SKIP_ENGINE)
     vocab = llm.collective_rpc(_draft_vocab_at_start)[0] if cheap_head else []
     switch_draft(llm, **MIDDLE_SKIP, draft_vocab=vocab, adaptive_exit=adaptive_exit, target_acceptance=0.5,
-                 num_speculative_tokens=K)
+                 num_speculative_tokens=K, controller=QUICK_CONTROLLER if controller else None)
     llm.collective_rpc("selfspec_watch_host_reads")
     before = SpecDecodeCounts.read(llm)
     try:
@@ -288,5 +295,8 @@ def test_draft_loop_never_reads_the_device(engines, default_model, prompts, chea
     spec = SpecDecodeCounts.read(llm).minus(before)
     assert report["calls"] > 0 and spec.drafts > 0, (report, spec)
     assert report["reads"] == [], report["reads"][:10]
-    if adaptive_exit:
+    if adaptive_exit and not controller:
         assert spec.draft_tokens < K * spec.drafts, spec  # some drafts did exit early
+    if controller:
+        [steps] = draft_lengths(llm)
+        assert len({k for _, k in steps}) >= 2, steps

@@ -49,3 +49,33 @@ def test_quick_and_full_defaults(tmp_path):
     full = validate(_args(tmp_path, "--prompt-sets", "chat,summarization"))
     assert full.batch_sizes == [1, 8, 32] and full.sampling == ["greedy", "random"] and not full.eager
     assert (tmp_path / "report").is_dir()
+
+
+def _controller_args(*argv):
+    from vllm_selfspec.tools.bench import controller
+
+    parser = argparse.ArgumentParser()
+    controller.add_arguments(parser)
+    return controller.validate(parser.parse_args(["--out", "unused", *argv]))
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--batch-sizes", "1,x"], "--batch-sizes: expected comma-separated integers"),
+        (["--batch-sizes", "0"], "--batch-sizes: every value must be at least 1"),
+        (["--fixed-k", "1,5"], "--fixed-k: values cannot exceed --num-speculative-tokens (4)"),
+        (["--num-speculative-tokens", "0"], "--num-speculative-tokens: must be at least 1"),
+        (["--rounds", "0"], "--rounds: must be at least 1"),
+        (["--target-delay-ms", "-1"], "--target-delay-ms: must not be negative"),
+        (["--skip-attn", "3,-1"], "--skip-attn: every value must be at least 0"),
+    ],
+)
+def test_bench_controller_bad_options(argv, words):
+    with pytest.raises(BenchInputError) as caught:
+        _controller_args(*argv)
+    assert words in str(caught.value)
+
+
+def test_bench_controller_good_options():
+    assert _controller_args("--fixed-k", "", "--skip-attn", "3,5") == ([1, 8, 32], [], [3, 5], None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from vllm_selfspec.core.adaptive_exit import DEFAULT_TARGET_ACCEPTANCE
+from vllm_selfspec.core.draft_length_controller import ControllerSettings
 from vllm_selfspec.core.skip_set import SkipSet
 
 BatchSizeSchedule = tuple[tuple[int, int, int], ...]
@@ -33,6 +34,12 @@ class SelfSkipOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
     """Stop each request's draft when its top-1 probability drops under the adaptive threshold."""
     draft_exit_target_acceptance: float | None = None
     """Acceptance rate the adaptive threshold steers toward (Draft & Verify: 0.85-0.90)."""
+    draft_length_controller: bool | None = None
+    """Choose K per batch size online from measured speed (default: on unless K or a schedule is given)."""
+    draft_controller_warmup_steps: int | None = None
+    """Steps each K runs per batch-size bucket before the controller first chooses."""
+    draft_controller_explore_every: int | None = None
+    """A bucket's steps between the controller's explorations of another K."""
 
     @classmethod
     def take_from(cls, config: dict) -> SelfSkipOptions:
@@ -56,6 +63,8 @@ class DraftSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     draft_exit_target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE
     num_speculative_tokens_per_batch_size: BatchSizeSchedule | None = None
     """The schedule vLLM's scheduler follows (``None``: K at every batch size); fixed once an engine runs."""
+    draft_length_controller: ControllerSettings | None = None
+    """The online draft-length controller, choosing K ≤ ``num_speculative_tokens`` per step (``None``: off)."""
 
     def skip_set(self, num_layers: int) -> SkipSet:
         """The validated skip set for a model of ``num_layers`` decoder layers."""
@@ -76,7 +85,13 @@ class DraftSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         exit_rule = (f"adaptive exit (target acceptance {self.draft_exit_target_acceptance:g})"
                      if self.adaptive_exit else "no adaptive exit")
         schedule = self.num_speculative_tokens_per_batch_size
-        return f"{head}, {exit_rule}, {f'K per batch size {list(schedule)}' if schedule else 'fixed K'}"
+        controller = self.draft_length_controller
+        if controller is not None:
+            length = (f"draft-length controller (K 0-{self.num_speculative_tokens} per batch size, chosen online; "
+                      f"warm-up {controller.warmup_steps} steps per K, exploring every {controller.explore_every} steps)")
+        else:
+            length = f"K per batch size {list(schedule)}" if schedule else "fixed K"
+        return f"{head}, {exit_rule}, {length}"
 
     def to_builtins(self) -> dict:
         """Plain data (for ``collective_rpc`` and JSON)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 from vllm_selfspec.core.adaptive_exit import DEFAULT_TARGET_ACCEPTANCE, check_target_acceptance
+from vllm_selfspec.core.draft_length_controller import ControllerSettings
 from vllm_selfspec.core.draft_settings import OPTION_NAMES, DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.draft_vocab import draft_vocab
 from vllm_selfspec.core.profile import (
@@ -51,7 +52,12 @@ def resolve_self_skip(
     empty when the other is given. Without either, ``skip_profile`` is used, then the
     profile shipped for this model, then :func:`heuristic_skip_set`. Every other
     option given explicitly wins over the profile's value; without a profile the
-    draft head is full, adaptive exit is on and K is the same at every batch size.
+    draft head is full and adaptive exit is on.
+
+    The draft length: a schedule (the user's, else the profile's) or a K the user gave is
+    followed as given; otherwise the draft-length controller chooses K up to
+    ``num_speculative_tokens`` per batch size online. ``draft_length_controller=True``
+    turns it on over a given K or schedule (the schedule is then not used), ``False`` off.
     The source is ``explicit``, ``profile PATH``, ``shipped profile NAME`` or ``heuristic``.
     """
     profile = None
@@ -81,6 +87,7 @@ def resolve_self_skip(
         skip_set = heuristic_skip_set(identity.num_layers)
         source = "heuristic"
 
+    k_given = num_speculative_tokens is not None
     if num_speculative_tokens is None:
         num_speculative_tokens = tuned.num_speculative_tokens if tuned else DEFAULT_NUM_SPECULATIVE_TOKENS
     if isinstance(num_speculative_tokens, bool) or not isinstance(num_speculative_tokens, int):
@@ -112,6 +119,9 @@ def resolve_self_skip(
     check_target_acceptance(target_acceptance)
     if batch_size_schedule is None and tuned:
         batch_size_schedule = tuned.num_speculative_tokens_per_batch_size
+    controller = _resolve_controller(options, fixed_length_given=k_given or batch_size_schedule is not None)
+    if controller is not None:
+        batch_size_schedule = None
     if batch_size_schedule is not None:
         batch_size_schedule = tuple(check_batch_size_schedule(batch_size_schedule))
         if holds_one_draft_length(batch_size_schedule, num_speculative_tokens):
@@ -124,5 +134,30 @@ def resolve_self_skip(
         adaptive_exit=adaptive_exit,
         draft_exit_target_acceptance=float(target_acceptance),
         num_speculative_tokens_per_batch_size=batch_size_schedule,
+        draft_length_controller=controller,
     )
     return settings, source
+
+
+def _resolve_controller(options: SelfSkipOptions, fixed_length_given: bool) -> ControllerSettings | None:
+    """The controller's settings when it runs: by default unless a K or a schedule was given."""
+    enabled = options.draft_length_controller
+    if enabled is not None and not isinstance(enabled, bool):
+        raise SelfSkipConfigError(f"draft_length_controller: expected true or false, got {enabled!r}")
+    if enabled is None:
+        enabled = not fixed_length_given
+    tuning = {name: value for name, value in (("draft_controller_warmup_steps", options.draft_controller_warmup_steps),
+                                              ("draft_controller_explore_every", options.draft_controller_explore_every))
+              if value is not None}
+    if not enabled:
+        if tuning:
+            raise SelfSkipConfigError(
+                f"{next(iter(tuning))}: the draft-length controller is off (a num_speculative_tokens or a "
+                "batch-size schedule was given, or draft_length_controller is false); set "
+                "draft_length_controller: true to use it")
+        return None
+    defaults = ControllerSettings()
+    return ControllerSettings(
+        warmup_steps=tuning.get("draft_controller_warmup_steps", defaults.warmup_steps),
+        explore_every=tuning.get("draft_controller_explore_every", defaults.explore_every),
+    ).check()

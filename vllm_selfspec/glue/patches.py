@@ -19,6 +19,14 @@ One change is not a class patch: ``vllm-selfspec bench`` loads
 the runner's ``execute_model`` and ``_model_forward``, the target's ``compute_logits``
 and the drafter's ``propose`` and draft forward with timers (why: vLLM has no per-step
 timing of drafting vs verification; remove when its step metrics split them).
+TEST-ONLY, the same way: ``vllm-selfspec bench-controller`` loads
+``vllm_selfspec.tools.bench.target_delay.TargetDelayWorkerExtension``, which on request
+wraps its own workers' ``_model_forward`` with a fixed sleep, to emulate the regime of
+a large memory-bound model (why: drafting never pays with this CPU's 135M model, and the
+controller must be shown to keep drafting where it does; never used in serving).
+
+The draft-length controller under tensor parallelism uses vLLM's public
+``GroupCoordinator.broadcast_object`` on the tensor-parallel group; it changes nothing.
 """
 
 from __future__ import annotations

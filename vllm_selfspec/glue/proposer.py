@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import time
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 from vllm_selfspec.compat import PLUGIN_VERSION
 from vllm_selfspec.core.adaptive_exit import AdaptiveDraftExit
+from vllm_selfspec.core.draft_length_controller import DraftLengthController
 from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.core.ranks import check_ranks_agree
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
@@ -30,6 +33,11 @@ from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
 from vllm_selfspec.glue.identity import mixed_attention_error
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
+
+CONTROLLER_LOG_INTERVAL_S = 10.0
+"""How often the draft-length controller's choices and speeds are logged (INFO, rank 0)."""
+DRAFT_LENGTH_HISTORY = 100_000
+"""Steps whose batch size and chosen K the proposer keeps (for tests and the bench's plot)."""
 
 
 def sample_as_requested(
@@ -71,6 +79,9 @@ class SelfSkipProposer(DraftModelProposer):
     - Optionally a cheaper LM head over a vocabulary subset, and adaptive exit: the
       batch stops drafting once no request's draft is confident (top-1 probability
       under a threshold that steers toward a target acceptance rate).
+    - Optionally the draft-length controller, which chooses each step's K (0: no
+      drafts, so the next step is a plain one) per batch-size bucket from measured
+      tokens per second; under tensor parallelism rank 0 decides and broadcasts.
     - No device-to-host sync inside the draft loop: drafts are returned as one
       ``[batch, steps]`` tensor, which vLLM's runner copies to the host
       asynchronously; exit decisions and acceptance counts reach the host through
@@ -85,9 +96,17 @@ class SelfSkipProposer(DraftModelProposer):
         self._still_confident = HostReadback(device, self.num_speculative_tokens)
         """Per draft step: whether any request's draft was still confident after it."""
         self._accepted = HostReadback(device, 1)
-        self._pending_observation: tuple[int, bool] | None = None
-        """Drafted tokens and whether the draft ran its full length, for the accepted count in flight."""
+        self._pending_observation: tuple[int, bool, tuple | None] | None = None
+        """For the accepted count in flight: drafted tokens, whether the draft ran its full
+        length, and the controller's sample (batch size, K, requests, seconds) if any."""
         self._last_draft_ran_full_length = True
+        self.controller = _controller(self.settings)
+        self._steps = 0
+        self._previous_step: tuple[int, int, float] | None = None
+        """The previous step's batch size, K and start of drafting, for the controller's sample."""
+        self._next_controller_log = 0.0
+        self.draft_length_history: collections.deque[tuple[int, int]] = collections.deque(maxlen=DRAFT_LENGTH_HISTORY)
+        """Each step's batch size and the K the controller chose (controller on only)."""
         self._target_model: nn.Module | None = None
         self._runner = runner
         logger.info(
@@ -152,7 +171,10 @@ class SelfSkipProposer(DraftModelProposer):
         self.settings = settings
         self.skip_set = skip_set
         self.exit_rule = _exit_rule(settings)
+        self.controller = _controller(settings)
         self._pending_observation = None
+        self._previous_step = None
+        self.draft_length_history.clear()
         if rebuild:
             self._build_draft_model()
 
@@ -161,7 +183,8 @@ class SelfSkipProposer(DraftModelProposer):
         return (
             f"vllm-selfspec {PLUGIN_VERSION}, {self.skip_set.describe()}, "
             f"num_speculative_tokens={self.settings.num_speculative_tokens}, "
-            f"draft_vocab_size={len(self.draft_vocab)}, adaptive_exit={self.exit_rule is not None}"
+            f"draft_vocab_size={len(self.draft_vocab)}, adaptive_exit={self.exit_rule is not None}, "
+            f"draft_length_controller={self.settings.draft_length_controller}"
         )
 
     def check_plan_agrees_across_ranks(self) -> None:
@@ -231,11 +254,15 @@ class SelfSkipProposer(DraftModelProposer):
         draft is confident, as soon as the host sees that step's flag (at once on the
         CPU; on a GPU the host may already have queued further steps).
         """
-        self._observe_verification(num_rejected_tokens_gpu)
+        started = time.perf_counter()
+        batch_size = common_attn_metadata.batch_size()
+        self._observe_verification(num_rejected_tokens_gpu, started, common_attn_metadata.max_query_len)
         num_speculative_tokens = min(num_speculative_tokens, self.settings.num_speculative_tokens)
+        if self.controller is not None:
+            num_speculative_tokens = min(num_speculative_tokens, self._controller_step(batch_size))
+            self._previous_step = (batch_size, num_speculative_tokens, started)
         self.num_speculative_tokens = num_speculative_tokens
         self._last_draft_probs = None
-        batch_size = common_attn_metadata.batch_size()
         if num_speculative_tokens == 0:
             return torch.empty(batch_size, 0, dtype=torch.int64, device=self.device)
 
@@ -335,39 +362,72 @@ class SelfSkipProposer(DraftModelProposer):
         top1, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
         return tokens, None, top1
 
-    def _observe_verification(self, num_rejected_tokens_gpu: torch.Tensor | None) -> None:
-        """Feed the verification that just ran (accepted vs drafted) to the adaptive exit rule.
+    def _observe_verification(self, num_rejected_tokens_gpu: torch.Tensor | None, now: float,
+                              max_query_len: int) -> None:
+        """Feed the step that just ran to the adaptive exit rule (accepted vs drafted) and to the
+        controller (tokens out and time taken, for the K the previous step drafted with).
 
         The drafted count is host data (the real drafts the runner scheduled per row);
         the accepted count is computed on the device and copied back without blocking.
-        The rule is updated once that copy has landed: at once on the CPU, else at a
-        later step (one observation in flight at a time).
+        Both are updated once that copy has landed: at once on the CPU, else at a later
+        step (one observation in flight at a time; a step that drafted nothing needs none).
+        The controller skips a step that prefilled (its time says nothing about K) and
+        one whose accepted count it cannot wait for.
         """
-        if self.exit_rule is None:
+        if (self.exit_rule is None and self.controller is None) or self._runner is None:
             return
         self._apply_landed_observation()
-        if self._pending_observation is not None or num_rejected_tokens_gpu is None or self._runner is None:
+        sample = None
+        if self._previous_step is not None:
+            previous_batch_size, previous_k, previous_start = self._previous_step
+            if max_query_len <= previous_k + 1:  # only decode rows: one token each plus its drafts
+                sample = (previous_batch_size, previous_k, self._runner.input_batch.num_reqs, now - previous_start)
+        if self._pending_observation is not None:
             return
         batch = self._runner.input_batch
         # -1 marks a placeholder the scheduler padded in (a request resumed or fully
         # prefix-cached with one token left): not a draft, and always rejected.
         draft_counts = [sum(token >= 0 for token in batch.spec_token_ids[row]) for row in range(batch.num_reqs)]
         drafted = sum(draft_counts)
-        if drafted == 0:
+        if drafted == 0 or num_rejected_tokens_gpu is None:
+            if sample is not None:
+                self.controller.observe(sample[0], sample[1], tokens=sample[2], seconds=sample[3])
             return
         scheduled = torch.tensor(draft_counts, dtype=num_rejected_tokens_gpu.dtype,
                                  pin_memory=self.device.type == "cuda").to(self.device, non_blocking=True)
         accepted = (scheduled - num_rejected_tokens_gpu[: len(draft_counts)]).clamp(min=0).sum()
         self._accepted.put(0, accepted)
-        self._pending_observation = (drafted, self._last_draft_ran_full_length)
+        self._pending_observation = (drafted, self._last_draft_ran_full_length, sample)
         self._apply_landed_observation()
 
     def _apply_landed_observation(self) -> None:
         if self._pending_observation is None or not self._accepted.ready(0):
             return
-        drafted, ran_full_length = self._pending_observation
+        drafted, ran_full_length, sample = self._pending_observation
         self._pending_observation = None
-        self.exit_rule.update(self._accepted.get(0), drafted, ran_full_length=ran_full_length)
+        accepted = self._accepted.get(0)
+        if self.exit_rule is not None:
+            self.exit_rule.update(accepted, drafted, ran_full_length=ran_full_length)
+        if sample is not None:
+            batch_size, k, requests, seconds = sample
+            self.controller.observe(batch_size, k, tokens=requests + accepted, seconds=seconds)
+
+    def _controller_step(self, batch_size: int) -> int:
+        """The controller's K for this step; every ``decision_steps`` steps it decides anew
+        (under tensor parallelism rank 0 decides and every rank adopts its plan)."""
+        if self._steps % self.controller.settings.decision_steps == 0:
+            plan = self.controller.replan()
+            group = get_tp_group()
+            if group.world_size > 1:
+                self.controller.adopt(group.broadcast_object(plan, src=0))
+            if group.rank_in_group == 0 and time.monotonic() >= self._next_controller_log:
+                if self._next_controller_log:
+                    logger.info("self_skip draft-length controller: %s", self.controller.summary())
+                self._next_controller_log = time.monotonic() + CONTROLLER_LOG_INTERVAL_S
+        self._steps += 1
+        k = self.controller.draft_length(batch_size)
+        self.draft_length_history.append((batch_size, k))
+        return k
 
 
 class HostReadback:
@@ -397,6 +457,13 @@ class HostReadback:
 
     def get(self, slot: int) -> int:
         return int(self._values[slot])
+
+
+def _controller(settings: DraftSettings) -> DraftLengthController | None:
+    """A fresh draft-length controller when the settings ask for one."""
+    if settings.draft_length_controller is None:
+        return None
+    return DraftLengthController(settings.num_speculative_tokens, settings.draft_length_controller)
 
 
 def _exit_rule(settings: DraftSettings) -> AdaptiveDraftExit | None:

@@ -31,6 +31,15 @@ class DraftSwitchingWorkerExtension:
         """Stop recording; ``{"calls": ..., "reads": [...]}`` since ``selfspec_watch_host_reads``."""
         return unwatch_propose(self.model_runner.drafter)
 
+    def selfspec_draft_lengths(self) -> dict:
+        """The draft-length controller's record: ``{"steps": [[batch size, K], ...], "summary": str}``
+        (empty steps and ``"off"`` without the controller)."""
+        drafter = self.model_runner.drafter
+        if drafter.controller is None:
+            return {"steps": [], "summary": "off"}
+        return {"steps": [list(step) for step in drafter.draft_length_history],
+                "summary": drafter.controller.summary()}
+
     def selfspec_runtime(self) -> dict:
         """How this worker runs the target and the draft: runner, attention backend, compilation, graphs."""
         return self.model_runner.drafter.runtime_report()

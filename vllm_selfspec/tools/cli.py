@@ -1,4 +1,4 @@
-"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, doctor, bench, tune, evaluate, serve."""
+"""The ``vllm-selfspec`` command: prepare-model, tiny-model, demo, doctor, bench, bench-controller, tune, evaluate, serve."""
 
 from __future__ import annotations
 
@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     demo_module.add_arguments(demo)
     bench = commands.add_parser("bench", help="plain, self_skip, ngram and draft_model side by side; report")
     bench_module.add_arguments(bench)
+    from vllm_selfspec.tools.bench import controller as bench_controller_module
+
+    bench_controller = commands.add_parser(
+        "bench-controller", help="the draft-length controller against plain vLLM and every fixed K; report")
+    bench_controller_module.add_arguments(bench_controller)
     from vllm_selfspec.tools import tune as tune_module
 
     tune = commands.add_parser("tune", help="search a skip profile on measured tokens/s; write it")
@@ -88,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             return bench_module.run_bench(args)
         except bench_module.BenchInputError as error:
             parser.exit(2, f"vllm-selfspec bench: error: {error}\n")
+    if args.command == "bench-controller":
+        try:
+            return bench_controller_module.run_bench_controller(args)
+        except bench_module.BenchInputError as error:
+            parser.exit(2, f"vllm-selfspec bench-controller: error: {error}\n")
     if args.command == "doctor":
         return doctor_module.run_doctor(args)
     if args.command == "evaluate":

@@ -2,8 +2,9 @@
 
 Each engine decodes the prompts one request at a time (where self-speculation pays)
 and then as one batch (where the profile's batch-size schedule may turn drafting off).
-All engines stay up and are measured in alternating rounds, so that a slow spell of the
-machine hits them alike; each speed is printed as the median with the rounds' range.
+All engines stay up and are measured in alternating rounds, each round in a rotated
+order, so that neither a slow spell of the machine nor a place in the order favours one;
+each speed is printed as the median with the rounds' range.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         for llm in llms.values():
             timed_generate(llm, prompts[:2], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
-        for _ in range(args.rounds):
-            for name, llm in llms.items():
+        for round_index in range(args.rounds):
+            shift = round_index % len(engines)
+            for name in engines[shift:] + engines[:shift]:
+                llm = llms[name]
                 before = SpecDecodeCounts.read(llm)
                 singles = timed_workload(llm, prompts, params, 1)
                 rounds[name][labels[0]].append((singles, SpecDecodeCounts.read(llm).minus(before)))

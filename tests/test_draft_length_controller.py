@@ -1,0 +1,174 @@
+"""The draft-length controller on simulated engines: warm-up, choice, hysteresis, exploration, agreement."""
+
+import random
+
+import pytest
+
+from vllm_selfspec.core.draft_length_controller import (
+    DECISION_STEPS,
+    ControllerSettings,
+    DraftLengthController,
+    batch_bucket,
+    describe_bucket,
+)
+from vllm_selfspec.core.draft_settings import SelfSkipOptions
+from vllm_selfspec.core.profile import ModelIdentity
+from vllm_selfspec.core.resolve import resolve_self_skip
+from vllm_selfspec.core.skip_set import SelfSkipConfigError
+
+TINY = ModelIdentity("tiny", "LlamaForCausalLM", 4, 64, 128, 4, 2, 1000)
+
+
+def run(controller, speed, steps, batch_size=1, noise=0.05, seed=0, start=0):
+    """Drive ``controller`` like the proposer: replan every DECISION_STEPS steps, then one
+    measured step with the planned K; ``speed(k, step)`` is the arm's true tokens/s.
+    Returns the K of every step."""
+    rng = random.Random(seed)
+    chosen = []
+    for step in range(start, start + steps):
+        if step % DECISION_STEPS == 0:
+            controller.replan()
+        k = controller.draft_length(batch_size)
+        tokens = batch_size * (1 + k * 0.5)
+        seconds = tokens / (speed(k, step) * rng.uniform(1 - noise, 1 + noise))
+        controller.observe(batch_size, k, tokens, seconds)
+        chosen.append(k)
+    return chosen
+
+
+def pays_at(best):
+    """Speeds peaking at K = ``best`` (1.4x plain there), falling off either side."""
+    return lambda k, step: 100 * (1 + 0.4 * max(0.0, 1 - abs(k - best) / (best + 1)))
+
+
+def never_pays(k, step):
+    return 100 * (1 - 0.1 * k)
+
+
+def test_buckets():
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 7, 8, 31, 32)] == [0, 1, 1, 2, 2, 3, 4, 5]
+    assert describe_bucket(0) == "batch 1" and describe_bucket(3) == "batch 8-15"
+
+
+def test_warm_up_tries_every_draft_length_no_drafts_last():
+    controller = DraftLengthController(4, ControllerSettings(warmup_steps=8))
+    chosen = run(controller, pays_at(3), 5 * 8)
+    assert chosen == [4] * 8 + [3] * 8 + [2] * 8 + [1] * 8 + [0] * 8
+    assert controller.buckets[0].incumbent is None  # decided at the next replan
+    run(controller, pays_at(3), 8, start=40)
+    assert controller.buckets[0].incumbent == 3
+
+
+@pytest.mark.parametrize("best", [1, 2, 4])
+def test_settles_where_drafting_pays(best):
+    controller = DraftLengthController(4)
+    chosen = run(controller, pays_at(best), 2000)
+    steady = chosen[1000:]
+    assert controller.buckets[0].incumbent == best
+    assert steady.count(best) / len(steady) >= 1 - DECISION_STEPS / 128 - 0.01
+    assert 0 in steady  # K = 0 is still explored now and then
+
+
+def test_settles_on_no_drafting_where_drafting_never_pays():
+    controller = DraftLengthController(4)
+    chosen = run(controller, never_pays, 2000)
+    steady = chosen[1000:]
+    assert controller.buckets[0].incumbent == 0
+    assert steady.count(0) / len(steady) >= 1 - DECISION_STEPS / 128 - 0.01
+    assert 1 in steady  # and K = 1 is explored
+
+
+def test_exploration_cost_is_as_stated():
+    """Steady state: one interval of DECISION_STEPS per explore_every steps runs another K."""
+    controller = DraftLengthController(4, ControllerSettings(explore_every=64))
+    chosen = run(controller, pays_at(2), 4000, noise=0.0)
+    steady = chosen[2000:]
+    off = sum(k != 2 for k in steady) / len(steady)
+    assert DECISION_STEPS / 64 * 0.8 <= off <= DECISION_STEPS / 64 * 1.2
+
+
+def test_hysteresis_keeps_a_near_tie_from_flapping():
+    controller = DraftLengthController(2)
+    near_tie = lambda k, step: {0: 100.0, 1: 101.5, 2: 90.0}[k]  # K=1 1.5% faster: within the margin
+    chosen = run(controller, near_tie, 3000, noise=0.02)
+    assert controller.buckets[0].incumbent == 0
+    assert chosen[1000:].count(1) / 2000 < 0.1  # only explored
+
+
+def test_notices_when_drafting_stops_paying():
+    controller = DraftLengthController(4)
+    regime_change = lambda k, step: pays_at(3)(k, step) if step < 1500 else never_pays(k, step)
+    chosen = run(controller, regime_change, 4000)
+    assert chosen[1400] == 3 or controller.buckets[0].incumbent is not None
+    assert controller.buckets[0].incumbent == 0
+    switched = next(step for step in range(1500, 4000) if chosen[step:step + 200].count(0) >= 150)
+    assert switched < 1500 + 1000, f"took {switched - 1500} steps to stop drafting"
+
+
+def test_buckets_decide_independently():
+    controller = DraftLengthController(4)
+    by_batch = lambda batch_size: (lambda k, step: pays_at(3)(k, step) if batch_size == 1 else never_pays(k, step))
+    for round_ in range(200):
+        run(controller, by_batch(1), 8, batch_size=1, seed=round_, start=16 * round_)
+        run(controller, by_batch(32), 8, batch_size=32, seed=round_, start=16 * round_ + 8)
+    assert controller.buckets[batch_bucket(1)].incumbent == 3
+    assert controller.buckets[batch_bucket(32)].incumbent == 0
+
+
+def test_ranks_that_adopt_rank_zeros_plan_draft_alike():
+    """Tensor parallelism: rank 1 measures other times, but adopts rank 0's plan at every decision."""
+    rank0, rank1 = DraftLengthController(4), DraftLengthController(4)
+    rng = random.Random(1)
+    for step in range(1500):
+        if step % DECISION_STEPS == 0:
+            rank0.replan()
+            rank1.replan()
+            rank1.adopt(rank0.plan())
+        k0, k1 = rank0.draft_length(1), rank1.draft_length(1)
+        assert k0 == k1, f"step {step}"
+        for controller in (rank0, rank1):
+            controller.observe(1, k0, 1 + k0, (1 + k0) / (pays_at(2)(k0, step) * rng.uniform(0.5, 1.5)))
+
+
+@pytest.mark.parametrize("settings, field", [
+    (ControllerSettings(warmup_steps=0), "draft_controller_warmup_steps"),
+    (ControllerSettings(warmup_steps=2.5), "draft_controller_warmup_steps"),
+    (ControllerSettings(explore_every=8), "draft_controller_explore_every"),
+    (ControllerSettings(explore_every=True), "draft_controller_explore_every"),
+])
+def test_bad_settings_name_the_option(settings, field):
+    with pytest.raises(SelfSkipConfigError, match=field):
+        settings.check()
+
+
+def test_default_is_on_unless_a_draft_length_or_schedule_is_given():
+    on, _ = resolve_self_skip(TINY, 100)
+    assert on.draft_length_controller == ControllerSettings() and on.num_speculative_tokens == 4
+    assert "draft-length controller (K 0-4" in on.describe_head_and_exit()
+    fixed, _ = resolve_self_skip(TINY, 100, num_speculative_tokens=3)
+    assert fixed.draft_length_controller is None
+    scheduled, _ = resolve_self_skip(TINY, 100, batch_size_schedule=[(1, 4, 3), (5, 64, 0)])
+    assert scheduled.draft_length_controller is None and scheduled.num_speculative_tokens_per_batch_size
+    off, _ = resolve_self_skip(TINY, 100, SelfSkipOptions(draft_length_controller=False))
+    assert off.draft_length_controller is None
+
+
+def test_opting_in_over_a_schedule_replaces_it():
+    settings, _ = resolve_self_skip(
+        TINY, 100, SelfSkipOptions(draft_length_controller=True, draft_controller_warmup_steps=4,
+                                   draft_controller_explore_every=256),
+        num_speculative_tokens=6, batch_size_schedule=[(1, 4, 6), (5, 64, 0)])
+    assert settings.draft_length_controller == ControllerSettings(warmup_steps=4, explore_every=256)
+    assert settings.num_speculative_tokens == 6 and settings.num_speculative_tokens_per_batch_size is None
+
+
+@pytest.mark.parametrize("options, k, field", [
+    (SelfSkipOptions(draft_length_controller="yes"), None, "draft_length_controller"),
+    (SelfSkipOptions(draft_controller_warmup_steps=0), None, "draft_controller_warmup_steps"),
+    (SelfSkipOptions(draft_controller_explore_every=3), None, "draft_controller_explore_every"),
+    (SelfSkipOptions(draft_controller_warmup_steps=4), 3, "draft_controller_warmup_steps"),  # controller off
+    (SelfSkipOptions(draft_length_controller=True), 0, "num_speculative_tokens"),  # K_max below 1
+])
+def test_bad_controller_options_are_refused_naming_the_field(options, k, field):
+    with pytest.raises(SelfSkipConfigError, match=field):
+        resolve_self_skip(TINY, 100, options, num_speculative_tokens=k)

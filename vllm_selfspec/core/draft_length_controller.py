@@ -1,0 +1,204 @@
+"""The online draft-length controller: per batch-size bucket, the K that decodes fastest, measured.
+
+The never-slower guard for engines without a tuned schedule. A small bandit per
+batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_max:
+
+- **What it measures:** output tokens per second of wall time. Each engine step is one
+  sample for the K that drafted it: the step's time (from one draft to the next,
+  verification included) and its tokens (one per request plus the accepted drafts).
+  An arm's speed is the ratio of its exponentially decayed token and time sums, so it
+  follows a workload that changes.
+- **Warm-up:** every arm runs ``warmup_steps`` steps, K_max first (so a fresh engine
+  drafts as a fixed K would) and K = 0 last; then the fastest arm becomes the
+  incumbent, K = 0 unless another beats it by the hysteresis margin.
+- **Exploitation with hysteresis:** the incumbent is replaced only by an arm faster by
+  more than ``HYSTERESIS`` (3%), so noise does not make it flap.
+- **Exploration:** once every ``explore_every`` steps of a bucket, one decision interval
+  (``decision_steps``, 8) runs the next arm of a rotation over K = 0 and the
+  incumbent's neighbours K ± 1. K = 0 comes back in every rotation, so the controller
+  notices when drafting stops paying; the neighbours let it climb to a better K.
+
+Exploration cost: ``decision_steps / explore_every`` of a bucket's steps (6.25% with the
+defaults) run an arm other than the incumbent; K ± 1 is usually within a few percent
+of it, so the loss is about 1% of speed, at most 6.25% × (1 − the explored arm's
+speed ratio). Warm-up costs ``(K_max + 1) × warmup_steps`` steps per bucket.
+
+Decisions are made every ``decision_steps`` engine steps (:meth:`DraftLengthController.replan`)
+and held as a plan, one K per bucket, so that under tensor parallelism one rank can decide
+and broadcast the plan (:meth:`DraftLengthController.adopt`) and every rank drafts alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from vllm_selfspec.core.skip_set import SelfSkipConfigError
+
+DECISION_STEPS = 8
+"""Engine steps between decisions (and, under tensor parallelism, plan broadcasts), by default."""
+HYSTERESIS = 0.03
+"""An arm replaces the incumbent only when it is this much faster."""
+SPEED_MEMORY = 0.9
+"""Decay of an arm's token and time sums per new step measured for it."""
+NUM_BUCKETS = 16
+"""Batch-size buckets 1, 2-3, 4-7, ..., 32768-65535."""
+
+
+class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The controller's settings; K_max is the draft's ``num_speculative_tokens``."""
+
+    warmup_steps: int = 16
+    """Steps each K runs in a bucket before the controller first chooses."""
+    explore_every: int = 128
+    """A bucket's steps between explorations of another K (at least twice ``decision_steps``)."""
+    decision_steps: int = DECISION_STEPS
+    """Engine steps between decisions; an exploration runs this long (no option: tests set 1)."""
+
+    def check(self) -> ControllerSettings:
+        """Raise naming the option when a value is out of range."""
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 1:
+            raise SelfSkipConfigError(
+                f"draft_controller_warmup_steps: expected an integer of at least 1, got {self.warmup_steps!r}")
+        if (isinstance(self.explore_every, bool) or not isinstance(self.explore_every, int)
+                or self.explore_every < 2 * self.decision_steps):
+            raise SelfSkipConfigError(
+                f"draft_controller_explore_every: expected an integer of at least {2 * self.decision_steps} "
+                f"(steps; each exploration runs {self.decision_steps}), got {self.explore_every!r}")
+        return self
+
+
+def batch_bucket(batch_size: int) -> int:
+    """The bucket of a batch size: 0 for 1, 1 for 2-3, 2 for 4-7, ..."""
+    return min(max(batch_size, 1).bit_length() - 1, NUM_BUCKETS - 1)
+
+
+def describe_bucket(bucket: int) -> str:
+    """``"batch 1"``, ``"batch 2-3"``, ..."""
+    low, high = 2**bucket, 2 ** (bucket + 1) - 1
+    return f"batch {low}" if low == high else f"batch {low}-{high}"
+
+
+@dataclass
+class ArmSpeed:
+    """Decayed sums of one arm's output tokens and seconds."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    steps: int = 0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens = SPEED_MEMORY * self.tokens + tokens
+        self.seconds = SPEED_MEMORY * self.seconds + seconds
+        self.steps += 1
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class BucketState:
+    """One bucket's arms, its incumbent (``None`` while warming up) and the K it runs now."""
+
+    arms: list[ArmSpeed]
+    incumbent: int | None = None
+    current: int = 0
+    """The K this bucket runs now: K_max at first (set by the controller)."""
+    steps_on_current: int = 0
+    steps_since_exploration: int = 0
+    explorations: int = 0
+
+    def exploration_rotation(self) -> list[int]:
+        """The arms explored in turn: K = 0 and the incumbent's neighbours."""
+        k_max = len(self.arms) - 1
+        return [k for k in dict.fromkeys((0, self.incumbent - 1, self.incumbent + 1))
+                if 0 <= k <= k_max and k != self.incumbent]
+
+
+@dataclass
+class DraftLengthController:
+    """Chooses K per batch-size bucket from measured tokens per second (see the module docstring)."""
+
+    k_max: int
+    settings: ControllerSettings = field(default_factory=ControllerSettings)
+    buckets: list[BucketState] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.k_max < 1:
+            raise SelfSkipConfigError(f"num_speculative_tokens: the controller's K_max must be at least 1, "
+                                      f"got {self.k_max}")
+        self.buckets = [BucketState([ArmSpeed() for _ in range(self.k_max + 1)], current=self.k_max)
+                        for _ in range(NUM_BUCKETS)]
+
+    def draft_length(self, batch_size: int) -> int:
+        """K for a step of ``batch_size`` requests, as the current plan says."""
+        return self.buckets[batch_bucket(batch_size)].current
+
+    def plan(self) -> tuple[int, ...]:
+        """The K of every bucket."""
+        return tuple(bucket.current for bucket in self.buckets)
+
+    def adopt(self, plan: tuple[int, ...]) -> None:
+        """Run another rank's plan (tensor parallelism: every rank drafts as rank 0 decided)."""
+        for bucket, k in zip(self.buckets, plan):
+            if bucket.current != k:
+                bucket.current, bucket.steps_on_current = k, 0
+
+    def observe(self, batch_size: int, k: int, tokens: int, seconds: float) -> None:
+        """One engine step of ``batch_size`` requests drafted with ``k``: ``tokens`` out in ``seconds``."""
+        if seconds <= 0 or not 0 <= k <= self.k_max:
+            return
+        bucket = self.buckets[batch_bucket(batch_size)]
+        bucket.arms[k].add(tokens, seconds)
+        if k == bucket.current:
+            bucket.steps_on_current += 1
+        bucket.steps_since_exploration += 1
+
+    def replan(self) -> tuple[int, ...]:
+        """Decide each bucket's K for the next ``decision_steps`` steps; return the plan."""
+        for bucket in self.buckets:
+            self._decide(bucket)
+        return self.plan()
+
+    def _decide(self, bucket: BucketState) -> None:
+        warmup = self.settings.warmup_steps
+        if bucket.incumbent is None:
+            if bucket.arms[bucket.current].steps < warmup:
+                return
+            cold = [k for k, arm in enumerate(bucket.arms) if arm.steps < warmup]
+            if cold:
+                self._run(bucket, cold[-1])
+                return
+            bucket.incumbent = 0
+            bucket.steps_since_exploration = 0
+        elif bucket.current != bucket.incumbent and bucket.steps_on_current < self.settings.decision_steps:
+            return  # an exploration still running
+        best = max(range(len(bucket.arms)), key=lambda k: bucket.arms[k].tokens_per_s)
+        if bucket.arms[best].tokens_per_s > (1 + HYSTERESIS) * bucket.arms[bucket.incumbent].tokens_per_s:
+            bucket.incumbent = best
+        if bucket.steps_since_exploration >= self.settings.explore_every:
+            rotation = bucket.exploration_rotation()
+            bucket.steps_since_exploration = 0
+            if rotation:
+                self._run(bucket, rotation[bucket.explorations % len(rotation)])
+                bucket.explorations += 1
+                return
+        self._run(bucket, bucket.incumbent)
+
+    @staticmethod
+    def _run(bucket: BucketState, k: int) -> None:
+        if bucket.current != k:
+            bucket.current, bucket.steps_on_current = k, 0
+
+    def summary(self) -> str:
+        """The measured buckets: chosen K and each arm's tokens/s (for the periodic INFO line)."""
+        parts = []
+        for index, bucket in enumerate(self.buckets):
+            if not any(arm.steps for arm in bucket.arms):
+                continue
+            speeds = ", ".join(f"K={k} {arm.tokens_per_s:.1f}" for k, arm in enumerate(bucket.arms) if arm.steps)
+            state = f"K={bucket.incumbent}" if bucket.incumbent is not None else f"warming up (K={bucket.current})"
+            parts.append(f"{describe_bucket(index)}: {state}; tok/s {speeds}")
+        return "; ".join(parts) or "no steps measured yet"
