@@ -16,7 +16,7 @@ from vllm.v1.metrics.prometheus import unregister_vllm_metrics
 
 from vllm_selfspec.core.draft_length_controller import ControllerSettings
 from vllm_selfspec.core.draft_settings import DraftSettings
-from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
+from vllm_selfspec.tools.bench.target_delay import TARGET_DELAY_EXTENSION
 from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.tools.prompts import load_prompt_set
 
@@ -91,7 +91,8 @@ class EnginePool:
     def get(self, model: str, speculative_config: dict | None = None, **engine_kwargs) -> LLM:
         engine_kwargs.setdefault("kv_cache_memory_bytes", POOLED_KV_CACHE_BYTES)
         if speculative_config and speculative_config.get("method") == "self_skip":
-            engine_kwargs.setdefault("worker_extension_cls", DRAFT_SWITCHING_EXTENSION)
+            # Draft switching, plus the TEST-ONLY target delay (off until a test sets it).
+            engine_kwargs.setdefault("worker_extension_cls", TARGET_DELAY_EXTENSION)
         key = json.dumps([model, speculative_config, engine_kwargs], sort_keys=True)
         if key not in self._live:
             while len(self._live) >= self.capacity:

@@ -167,6 +167,6 @@ def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_m
         assert SpecDecodeCounts.read(llm).minus(before).drafts > 0
         rank_0, rank_1 = llm.collective_rpc(_draft_lengths)
         assert rank_0 == rank_1 and len(rank_0) >= 20, (rank_0, rank_1)
-        assert len({k for _, k in rank_0}) >= 3, rank_0  # K did change
+        assert len({k for _, k in rank_0}) >= 2, rank_0  # K did change
     finally:
         release(llm)

@@ -50,13 +50,19 @@ def test_buckets():
     assert describe_bucket(0) == "batch 1" and describe_bucket(3) == "batch 8-15"
 
 
-def test_warm_up_tries_every_draft_length_no_drafts_last():
+def test_warm_up_climbs_until_drafting_more_is_slower():
     controller = DraftLengthController(4, ControllerSettings(warmup_steps=8))
-    chosen = run(controller, pays_at(3), 5 * 8)
-    assert chosen == [4] * 8 + [3] * 8 + [2] * 8 + [1] * 8 + [0] * 8
-    assert controller.buckets[0].incumbent is None  # decided at the next replan
-    run(controller, pays_at(3), 8, start=40)
-    assert controller.buckets[0].incumbent == 3
+    chosen = run(controller, pays_at(2), 4 * 8)
+    assert chosen == [0] * 8 + [1] * 8 + [2] * 8 + [3] * 8  # K=3 is slower than K=2: the climb stops
+    controller.replan()
+    assert controller.buckets[0].incumbent == 2 and controller.draft_length(1) == 2
+
+
+def test_warm_up_stops_at_k_1_where_drafting_does_not_pay():
+    controller = DraftLengthController(4, ControllerSettings(warmup_steps=8))
+    chosen = run(controller, never_pays, 3 * 8)
+    assert chosen == [0] * 8 + [1] * 8 + [0] * 8
+    assert controller.buckets[0].incumbent == 0
 
 
 @pytest.mark.parametrize("best", [1, 2, 4])
@@ -172,3 +178,13 @@ def test_opting_in_over_a_schedule_replaces_it():
 def test_bad_controller_options_are_refused_naming_the_field(options, k, field):
     with pytest.raises(SelfSkipConfigError, match=field):
         resolve_self_skip(TINY, 100, options, num_speculative_tokens=k)
+
+
+def test_one_exploration_corrects_a_spoiled_estimate():
+    """K = 0 measured 25% slow during warm-up (a slow spell): drafting wins at first, and the
+    first exploration of K = 0, measured afresh, hands the bucket back to it."""
+    spoiled = lambda k, step: (75.0 if step < 100 else 100.0) if k == 0 else 90.0
+    controller = DraftLengthController(4)
+    chosen = run(controller, spoiled, 400, noise=0.02)
+    assert chosen[100] != 0
+    assert controller.buckets[0].incumbent == 0 and chosen[-50:] == [0] * 50

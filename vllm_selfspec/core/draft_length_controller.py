@@ -8,20 +8,24 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   verification included) and its tokens (one per request plus the accepted drafts).
   An arm's speed is the ratio of its exponentially decayed token and time sums, so it
   follows a workload that changes.
-- **Warm-up:** every arm runs ``warmup_steps`` steps, K_max first (so a fresh engine
-  drafts as a fixed K would) and K = 0 last; then the fastest arm becomes the
-  incumbent, K = 0 unless another beats it by the hysteresis margin.
+- **Warm-up climbs:** K = 0, 1, 2, ... each run ``warmup_steps`` steps, until a K is
+  slower than the one before by more than the hysteresis margin, or K_max is reached
+  (speed rises with K while drafts pay for themselves, then falls; where drafting does
+  not pay the climb stops at K = 1). Then the fastest arm measured becomes the
+  incumbent, K = 0 unless another beats it by the margin.
 - **Exploitation with hysteresis:** the incumbent is replaced only by an arm faster by
   more than ``HYSTERESIS`` (3%), so noise does not make it flap.
 - **Exploration:** once every ``explore_every`` steps of a bucket, one decision interval
   (``decision_steps``, 8) runs the next arm of a rotation over K = 0 and the
-  incumbent's neighbours K ± 1. K = 0 comes back in every rotation, so the controller
+  incumbent's neighbours K ± 1, measured afresh, so one exploration corrects an
+  estimate that a slow spell or a first run spoiled. K = 0 comes back in every rotation, so the controller
   notices when drafting stops paying; the neighbours let it climb to a better K.
 
 Exploration cost: ``decision_steps / explore_every`` of a bucket's steps (6.25% with the
 defaults) run an arm other than the incumbent; K ± 1 is usually within a few percent
 of it, so the loss is about 1% of speed, at most 6.25% × (1 − the explored arm's
-speed ratio). Warm-up costs ``(K_max + 1) × warmup_steps`` steps per bucket.
+speed ratio). Warm-up runs ``warmup_steps`` steps per K it climbs through: 32 steps
+per bucket where drafting does not pay, at most ``(K_max + 1) × warmup_steps``.
 
 Decisions are made every ``decision_steps`` engine steps (:meth:`DraftLengthController.replan`)
 and held as a plan, one K per bucket, so that under tensor parallelism one rank can decide
@@ -105,7 +109,7 @@ class BucketState:
     arms: list[ArmSpeed]
     incumbent: int | None = None
     current: int = 0
-    """The K this bucket runs now: K_max at first (set by the controller)."""
+    """The K this bucket runs now."""
     steps_on_current: int = 0
     steps_since_exploration: int = 0
     explorations: int = 0
@@ -129,8 +133,7 @@ class DraftLengthController:
         if self.k_max < 1:
             raise SelfSkipConfigError(f"num_speculative_tokens: the controller's K_max must be at least 1, "
                                       f"got {self.k_max}")
-        self.buckets = [BucketState([ArmSpeed() for _ in range(self.k_max + 1)], current=self.k_max)
-                        for _ in range(NUM_BUCKETS)]
+        self.buckets = [BucketState([ArmSpeed() for _ in range(self.k_max + 1)]) for _ in range(NUM_BUCKETS)]
 
     def draft_length(self, batch_size: int) -> int:
         """K for a step of ``batch_size`` requests, as the current plan says."""
@@ -165,11 +168,12 @@ class DraftLengthController:
     def _decide(self, bucket: BucketState) -> None:
         warmup = self.settings.warmup_steps
         if bucket.incumbent is None:
-            if bucket.arms[bucket.current].steps < warmup:
+            k = bucket.current
+            if bucket.arms[k].steps < warmup:
                 return
-            cold = [k for k, arm in enumerate(bucket.arms) if arm.steps < warmup]
-            if cold:
-                self._run(bucket, cold[-1])
+            slower = k > 0 and bucket.arms[k].tokens_per_s * (1 + HYSTERESIS) < bucket.arms[k - 1].tokens_per_s
+            if k < self.k_max and not slower:
+                self._run(bucket, k + 1)
                 return
             bucket.incumbent = 0
             bucket.steps_since_exploration = 0
@@ -182,7 +186,9 @@ class DraftLengthController:
             rotation = bucket.exploration_rotation()
             bucket.steps_since_exploration = 0
             if rotation:
-                self._run(bucket, rotation[bucket.explorations % len(rotation)])
+                explored = rotation[bucket.explorations % len(rotation)]
+                bucket.arms[explored] = ArmSpeed(steps=bucket.arms[explored].steps)  # measured afresh
+                self._run(bucket, explored)
                 bucket.explorations += 1
                 return
         self._run(bucket, bucket.incumbent)
@@ -191,6 +197,11 @@ class DraftLengthController:
     def _run(bucket: BucketState, k: int) -> None:
         if bucket.current != k:
             bucket.current, bucket.steps_on_current = k, 0
+
+    def incumbents(self) -> dict[str, int | None]:
+        """Each measured bucket's chosen K (``None`` while it warms up), by ``describe_bucket``."""
+        return {describe_bucket(index): bucket.incumbent for index, bucket in enumerate(self.buckets)
+                if any(arm.steps for arm in bucket.arms)}
 
     def summary(self) -> str:
         """The measured buckets: chosen K and each arm's tokens/s (for the periodic INFO line)."""

@@ -32,13 +32,13 @@ class DraftSwitchingWorkerExtension:
         return unwatch_propose(self.model_runner.drafter)
 
     def selfspec_draft_lengths(self) -> dict:
-        """The draft-length controller's record: ``{"steps": [[batch size, K], ...], "summary": str}``
-        (empty steps and ``"off"`` without the controller)."""
+        """The draft-length controller's record: ``{"steps": [[batch size, K], ...], "incumbents":
+        {bucket: K}, "summary": str}`` (empty, and summary ``"off"``, without the controller)."""
         drafter = self.model_runner.drafter
         if drafter.controller is None:
-            return {"steps": [], "summary": "off"}
+            return {"steps": [], "incumbents": {}, "summary": "off"}
         return {"steps": [list(step) for step in drafter.draft_length_history],
-                "summary": drafter.controller.summary()}
+                "incumbents": drafter.controller.incumbents(), "summary": drafter.controller.summary()}
 
     def selfspec_runtime(self) -> dict:
         """How this worker runs the target and the draft: runner, attention backend, compilation, graphs."""

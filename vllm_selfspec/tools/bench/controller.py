@@ -20,8 +20,8 @@ from pathlib import Path
 
 from vllm_selfspec.tools.bench.command import BenchInputError
 
-WARMUP_PASSES = 2
-"""Passes of the measured workload, on the calibration prompts, that warm up a fresh controller."""
+MAX_WARMUP_PASSES = 8
+"""Most passes of one batch size's workload, on the calibration prompts, to warm a fresh controller up."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +79,7 @@ def run_bench_controller(args: argparse.Namespace) -> int:
     """Measure and write the report; 0 on success."""
     from vllm import SamplingParams
 
+    from vllm_selfspec.core.draft_length_controller import batch_bucket, describe_bucket
     from vllm_selfspec.core.skip_set import heuristic_skip_set
     from vllm_selfspec.tools.bench.target_delay import TARGET_DELAY_EXTENSION
     from vllm_selfspec.tools.engine_runs import (
@@ -110,15 +111,28 @@ def run_bench_controller(args: argparse.Namespace) -> int:
     speeds: dict[str, dict[int, list[float]]] = {arm: {b: [] for b in batch_sizes} for arm in arms}
     histories: list[list] = []
     summaries: list[str] = []
+    warmup_passes: list[list[int]] = []
     started = time.time()
 
-    def measure(llm, arm: str | None, prompts: list[str]) -> None:
-        """The workload at every batch size; ``arm=None``: not recorded (the controller's warm-up)."""
+    def run(llm, prompts: list[str], batch_size: int) -> list:
+        return timed_workload(llm, prompts[: args.num_prompts] if batch_size == 1 else prompts, params, batch_size)
+
+    def measure(llm, arm: str) -> None:
         for batch_size in batch_sizes:
-            runs = timed_workload(llm, prompts[: args.num_prompts] if batch_size == 1 else prompts, params,
-                                  batch_size)
-            if arm is not None:
-                speeds[arm][batch_size].append(combined_tokens_per_s(runs))
+            speeds[arm][batch_size].append(combined_tokens_per_s(run(llm, held_out, batch_size)))
+
+    def warm_up() -> list[int]:
+        """Run each batch size's workload on the calibration prompts until the controller has
+        chosen a K for that batch size's bucket; return the passes each took."""
+        passes = []
+        for batch_size in batch_sizes:
+            for count in range(1, MAX_WARMUP_PASSES + 1):
+                run(self_skip, calibration, batch_size)
+                incumbents = self_skip.collective_rpc("selfspec_draft_lengths")[0]["incumbents"]
+                if incumbents.get(describe_bucket(batch_bucket(batch_size))) is not None:
+                    break
+            passes.append(count)
+        return passes
 
     def switch(settings) -> None:
         self_skip.collective_rpc("selfspec_configure_draft", args=(settings.to_builtins(),))
@@ -128,18 +142,17 @@ def run_bench_controller(args: argparse.Namespace) -> int:
             llm.collective_rpc("selfspec_delay_target_forward", args=(args.target_delay_ms / 1000,))
             timed_workload(llm, calibration[:2], SamplingParams(temperature=0.0, max_tokens=8), 2)  # compile
         for round_index in range(args.rounds):
-            measure(plain, "plain", held_out)
+            measure(plain, "plain")
             switch(controlled)  # a fresh controller
-            for _ in range(WARMUP_PASSES):  # the same workload on the calibration prompts
-                measure(self_skip, None, calibration)
+            warmup_passes.append(warm_up())
             warmed = len(self_skip.collective_rpc("selfspec_draft_lengths")[0]["steps"])
-            measure(self_skip, "controller", held_out)
+            measure(self_skip, "controller")
             record = self_skip.collective_rpc("selfspec_draft_lengths")[0]
             histories.append([warmed, record["steps"]])
             summaries.append(record["summary"])
             for k in fixed:
                 switch(controlled.replace(draft_length_controller=None, num_speculative_tokens=k))
-                measure(self_skip, f"K={k}", held_out)
+                measure(self_skip, f"K={k}")
         draft = describe_draft(self_skip)
     finally:
         release(plain)
@@ -148,7 +161,7 @@ def run_bench_controller(args: argparse.Namespace) -> int:
     results = {
         "model": model, "target_delay_ms": args.target_delay_ms, "draft": draft, "rounds": args.rounds,
         "max_tokens": args.max_tokens, "num_prompts_batch_1": args.num_prompts, "warmup_steps_per_bucket": warmup,
-        "warmup_passes": WARMUP_PASSES,
+        "warmup_passes": warmup_passes,
         "eager": args.eager, "dtype": engine["dtype"], "speeds": speeds, "controller_summaries": summaries,
         "draft_length_history": histories, "seconds": time.time() - started,
     }
@@ -170,9 +183,10 @@ def _markdown(results: dict, arms: list[str], batch_sizes: list[int]) -> str:
         f"- Target delay: {results['target_delay_ms']:g} ms after every target forward (TEST-ONLY emulation; "
         "drafts not delayed)." if results["target_delay_ms"] else "- No target delay.",
         f"- self_skip: {results['draft']}.",
-        f"- The controller starts fresh each round and first warms up, not counted: "
-        f"{results['warmup_passes']} passes of the same workload on the calibration prompts (its warm-up "
-        f"runs every K in a batch-size bucket for {results['warmup_steps_per_bucket']} steps in all).",
+        f"- The controller starts fresh each round and first warms up, not counted: at each batch size the "
+        f"same workload on the calibration prompts until it has chosen a K for that batch size (its warm-up "
+        f"runs every K for {results['warmup_steps_per_bucket']} steps in all per batch-size bucket); passes "
+        f"per round and batch size: {results['warmup_passes']}.",
         "",
         "tok/s, median over rounds [lowest-highest]; ratio: median over plain vLLM's median.",
         "",
