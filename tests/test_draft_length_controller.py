@@ -188,3 +188,18 @@ def test_one_exploration_corrects_a_spoiled_estimate():
     chosen = run(controller, spoiled, 400, noise=0.02)
     assert chosen[100] != 0
     assert controller.buckets[0].incumbent == 0 and chosen[-50:] == [0] * 50
+
+
+def test_the_first_step_after_a_change_of_k_is_not_counted():
+    """A one-time cost on the first step with each new K (a compile of the new verification
+    shape) would make every K look slow in warm-up; left out, the climb reaches the best K."""
+    controller = DraftLengthController(4)
+    seen = set()
+    for step in range(200):
+        if step % DECISION_STEPS == 0:
+            controller.replan()
+        k = controller.draft_length(1)
+        seconds = (1 + 0.5 * k) / pays_at(3)(k, step) + (1.0 if k not in seen else 0.0)
+        seen.add(k)
+        controller.observe(1, k, 1 + 0.5 * k, seconds)
+    assert controller.buckets[0].incumbent == 3

@@ -54,7 +54,7 @@ class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     """The controller's settings; K_max is the draft's ``num_speculative_tokens``."""
 
     warmup_steps: int = 16
-    """Steps each K runs in a bucket before the controller first chooses."""
+    """Steps each K runs in a bucket while the controller warms up (the first is not counted)."""
     explore_every: int = 128
     """A bucket's steps between explorations of another K (at least twice ``decision_steps``)."""
     decision_steps: int = DECISION_STEPS
@@ -111,6 +111,7 @@ class BucketState:
     current: int = 0
     """The K this bucket runs now."""
     steps_on_current: int = 0
+    """Steps measured since ``current`` was last chosen; the first is not counted (see ``observe``)."""
     steps_since_exploration: int = 0
     explorations: int = 0
 
@@ -154,10 +155,15 @@ class DraftLengthController:
         if seconds <= 0 or not 0 <= k <= self.k_max:
             return
         bucket = self.buckets[batch_bucket(batch_size)]
-        bucket.arms[k].add(tokens, seconds)
-        if k == bucket.current:
-            bucket.steps_on_current += 1
         bucket.steps_since_exploration += 1
+        if k != bucket.current:
+            bucket.arms[k].add(tokens, seconds)
+            return
+        bucket.steps_on_current += 1
+        if bucket.steps_on_current > 1:
+            # The first step after a change of K is left out: it may carry one-time costs
+            # of the new verification shape (a compile, kernel selection), not its speed.
+            bucket.arms[k].add(tokens, seconds)
 
     def replan(self) -> tuple[int, ...]:
         """Decide each bucket's K for the next ``decision_steps`` steps; return the plan."""
@@ -169,7 +175,7 @@ class DraftLengthController:
         warmup = self.settings.warmup_steps
         if bucket.incumbent is None:
             k = bucket.current
-            if bucket.arms[k].steps < warmup:
+            if bucket.steps_on_current < warmup:
                 return
             slower = k > 0 and bucket.arms[k].tokens_per_s * (1 + HYSTERESIS) < bucket.arms[k - 1].tokens_per_s
             if k < self.k_max and not slower:
