@@ -7,7 +7,8 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   sample for the K that drafted it: the step's time (from one draft to the next,
   verification included) and its tokens (one per request plus the accepted drafts).
   An arm's speed is the ratio of its exponentially decayed token and time sums, so it
-  follows a workload that changes.
+  follows a workload that changes. The first step after a change of K is not counted:
+  it may carry one-time costs of a new verification shape (a compile, kernel selection).
 - **Warm-up climbs:** K = 0, 1, 2, ... each run ``warmup_steps`` steps, until a K is
   slower than the one before by more than the hysteresis margin, or K_max is reached
   (speed rises with K while drafts pay for themselves, then falls; where drafting does
@@ -18,8 +19,8 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
 - **Exploration:** once every ``explore_every`` steps of a bucket, one decision interval
   (``decision_steps``, 8) runs the next arm of a rotation over K = 0 and the
   incumbent's neighbours K ± 1, measured afresh, so one exploration corrects an
-  estimate that a slow spell or a first run spoiled. K = 0 comes back in every rotation, so the controller
-  notices when drafting stops paying; the neighbours let it climb to a better K.
+  estimate that a slow spell spoiled. K = 0 comes back in every rotation, so the
+  controller notices when drafting stops paying; the neighbours let it climb further.
 
 Exploration cost: ``decision_steps / explore_every`` of a bucket's steps (6.25% with the
 defaults) run an arm other than the incumbent; K ± 1 is usually within a few percent
