@@ -7,7 +7,7 @@ the sublayers, so that many drafts are rejected) at K=8, and every mechanism on
 (cheap draft head, adaptive exit, a batch-size schedule), and with the draft-length
 controller changing K inside requests; the controller is also shown settling on
 drafting where it pays (a TEST-ONLY delay on every target forward) and on K = 0 where
-it does not.
+it does not (the same delay on every draft step).
 bfloat16: plain vLLM itself is not batch-invariant, so every divergence must sit at
 a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON); batched
 here in ``make test-extended``, over HTTP in test_server.py.
@@ -207,22 +207,23 @@ def test_float32_greedy_identical_while_the_controller_changes_k(engines, defaul
 
 
 def test_controller_drafts_where_drafting_pays_and_stops_where_it_does_not(engines, default_model, plain_f32):
-    """The controller deciding both ways in one engine, output identical each time:
+    """The controller deciding both ways in one engine with the mild skip set, output identical
+    each time (the TEST-ONLY delays of ``tools/bench/target_delay.py``):
 
-    - a fixed 40 ms added to every target forward (the TEST-ONLY target delay: the regime
-      of a large memory-bound model, drafts not delayed) and the mild skip set: drafting
-      pays, and one request at a time the controller settles on drafting;
-    - no delay and the aggressive skip set (most drafts rejected, each costing most of a
-      forward): drafting cannot pay, and it settles on K = 0 wherever it has decided.
+    - 40 ms added to every target forward, drafts not delayed (the regime of a large
+      memory-bound model): drafting pays, and one request at a time it settles on drafting;
+    - 40 ms added to every draft step instead: drafting is a sure loss, and it settles on
+      K = 0 wherever it has decided.
     """
     llm = _engine(engines, default_model, SELF_SKIP)
     controller = ControllerSettings(warmup_steps=4, explore_every=32)
     try:
-        for delay_s, skip_set, drafting_pays in ((0.04, MILD, True), (0.0, AGGRESSIVE, False)):
-            llm.collective_rpc("selfspec_delay_target_forward", args=(delay_s,))
-            switch_draft(llm, **skip_set, num_speculative_tokens=4, controller=controller)
+        for target_delay_s, draft_delay_s, drafting_pays in ((0.04, 0.0, True), (0.0, 0.04, False)):
+            llm.collective_rpc("selfspec_delay_target_forward", args=(target_delay_s,))
+            llm.collective_rpc("selfspec_delay_draft_steps", args=(draft_delay_s,))
+            switch_draft(llm, **MILD, num_speculative_tokens=4, controller=controller)
             run = greedy_run(llm)
-            _assert_identical(plain_f32, run, f"delay {delay_s}")
+            _assert_identical(plain_f32, run, f"target delay {target_delay_s}, draft delay {draft_delay_s}")
             [record] = llm.collective_rpc("selfspec_draft_lengths")
             singles = [k for batch_size, k in record["steps"] if batch_size == 1]
             drafting_share = sum(k > 0 for k in singles) / len(singles)
@@ -237,3 +238,4 @@ def test_controller_drafts_where_drafting_pays_and_stops_where_it_does_not(engin
                 assert drafting_share < 0.5, (drafting_share, record["summary"])
     finally:
         llm.collective_rpc("selfspec_delay_target_forward", args=(0.0,))
+        llm.collective_rpc("selfspec_delay_draft_steps", args=(0.0,))

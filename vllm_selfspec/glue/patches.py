@@ -20,10 +20,11 @@ the runner's ``execute_model`` and ``_model_forward``, the target's ``compute_lo
 and the drafter's ``propose`` and draft forward with timers (why: vLLM has no per-step
 timing of drafting vs verification; remove when its step metrics split them).
 TEST-ONLY, the same way: ``vllm-selfspec bench-controller`` loads
-``vllm_selfspec.tools.bench.target_delay.TargetDelayWorkerExtension``, which on request
-wraps its own workers' ``_model_forward`` with a fixed sleep, to emulate the regime of
-a large memory-bound model (why: drafting never pays with this CPU's 135M model, and the
-controller must be shown to keep drafting where it does; never used in serving).
+``vllm_selfspec.tools.bench.target_delay.TargetDelayWorkerExtension`` (so do the tests'
+pooled engines), which on request wraps its own workers' ``_model_forward``, or the
+drafter's ``propose``, with a fixed sleep, to emulate the regime of a large memory-bound
+model, or one where drafting is a sure loss (why: drafting never pays with this CPU's
+135M model, and the controller must be shown deciding both ways; never used in serving).
 
 The draft-length controller under tensor parallelism uses vLLM's public
 ``GroupCoordinator.broadcast_object`` on the tensor-parallel group; it changes nothing.
