@@ -37,7 +37,7 @@ class SelfSkipOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
     draft_length_controller: bool | None = None
     """Choose K per batch size online from measured speed (default: on unless K or a schedule is given)."""
     draft_controller_warmup_steps: int | None = None
-    """Steps each K runs per batch-size bucket before the controller first chooses."""
+    """Steps each K runs per batch-size bucket while the controller warms up."""
     draft_controller_explore_every: int | None = None
     """A bucket's steps between the controller's explorations of another K."""
 

@@ -106,7 +106,6 @@ def run_bench_controller(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     held_out = chat_prompts(plain, load_prompt_set("chat"))
     calibration = chat_prompts(plain, load_prompt_file(CALIBRATION_PROMPTS))
-    warmup = controlled.draft_length_controller.warmup_steps * (args.num_speculative_tokens + 1)
     arms = ["plain", "controller", *(f"K={k}" for k in fixed)]
     speeds: dict[str, dict[int, list[float]]] = {arm: {b: [] for b in batch_sizes} for arm in arms}
     histories: list[list] = []
@@ -160,7 +159,7 @@ def run_bench_controller(args: argparse.Namespace) -> int:
 
     results = {
         "model": model, "target_delay_ms": args.target_delay_ms, "draft": draft, "rounds": args.rounds,
-        "max_tokens": args.max_tokens, "num_prompts_batch_1": args.num_prompts, "warmup_steps_per_bucket": warmup,
+        "max_tokens": args.max_tokens, "num_prompts_batch_1": args.num_prompts, "warmup_steps_per_k": controlled.draft_length_controller.warmup_steps,
         "warmup_passes": warmup_passes,
         "eager": args.eager, "dtype": engine["dtype"], "speeds": speeds, "controller_summaries": summaries,
         "draft_length_history": histories, "seconds": time.time() - started,
@@ -185,8 +184,8 @@ def _markdown(results: dict, arms: list[str], batch_sizes: list[int]) -> str:
         f"- self_skip: {results['draft']}.",
         f"- The controller starts fresh each round and first warms up, not counted: at each batch size the "
         f"same workload on the calibration prompts until it has chosen a K for that batch size (its warm-up "
-        f"runs every K for {results['warmup_steps_per_bucket']} steps in all per batch-size bucket); passes "
-        f"per round and batch size: {results['warmup_passes']}.",
+        f"climbs K = 0, 1, ... for {results['warmup_steps_per_k']} steps each); passes per round and batch "
+        f"size: {results['warmup_passes']}.",
         "",
         "tok/s, median over rounds [lowest-highest]; ratio: median over plain vLLM's median.",
         "",
@@ -226,6 +225,7 @@ def _plot(histories: list[list], path: Path, delay_ms: float) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(len(histories), 1, figsize=(10, 2.2 * len(histories)), squeeze=False)
     for index, (warmed, steps) in enumerate(histories):
@@ -233,6 +233,7 @@ def _plot(histories: list[list], path: Path, delay_ms: float) -> None:
         axis.step(range(len(steps)), [k for _, k in steps], where="post", linewidth=0.8)
         axis.axvline(warmed, color="grey", linestyle="--", linewidth=0.8)
         axis.set_ylabel(f"K (round {index + 1})")
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1][0].set_xlabel("engine step (dashed: end of warm-up)")
     figure.suptitle(f"K chosen by the draft-length controller (target delay {delay_ms:g} ms)")
     figure.tight_layout()
