@@ -127,9 +127,9 @@ def _activate(collectors: list) -> None:
         REGISTRY.register(collector)
 
 
-QUICK_CONTROLLER = ControllerSettings(warmup_steps=1, explore_every=4, decision_steps=1)
+QUICK_CONTROLLER = ControllerSettings(warmup_steps=1, explore_every=4, decision_steps=1, exploration_budget=1.0)
 """The draft-length controller at its quickest: deciding every step, one warm-up step per K,
-exploring every 4 steps, so that K changes inside short requests."""
+exploring every 4 steps however slow the arm, so that K changes inside short requests."""
 
 
 def switch_draft(llm: LLM, *, skip_attn: list[int], skip_mlp: list[int], num_speculative_tokens: int,

@@ -14,19 +14,28 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   (speed rises with K while drafts pay for themselves, then falls; where drafting does
   not pay the climb stops at K = 1). Then the fastest arm measured becomes the
   incumbent, K = 0 unless another beats it by the margin.
+- **No drafting carries upward:** a bucket that has not started drafting, above a bucket
+  that chose K = 0, takes K = 0 without a warm-up: drafting pays less as batches grow
+  (verification's extra tokens cost more, the step is less memory-bound), so where one
+  batch size does not pay, larger ones rarely do. Exploration still tries K = 1
+  there, and the bucket climbs if it pays after all.
 - **Exploitation with hysteresis:** the incumbent is replaced only by an arm faster by
   more than ``HYSTERESIS`` (3%), so noise does not make it flap.
-- **Exploration:** once every ``explore_every`` steps of a bucket, one decision interval
-  (``decision_steps``, 8) runs the next arm of a rotation over K = 0 and the
-  incumbent's neighbours K ± 1, measured afresh, so one exploration corrects an
-  estimate that a slow spell spoiled. K = 0 comes back in every rotation, so the
-  controller notices when drafting stops paying; the neighbours let it climb further.
+- **Exploration:** now and then one decision interval (``decision_steps``, 8) runs the
+  next arm of a rotation over K = 0 and the incumbent's neighbours K ± 1, measured
+  afresh, so one exploration corrects an estimate that a slow spell spoiled. K = 0 comes
+  back in every rotation, so the controller notices when drafting stops paying; the
+  neighbours let it climb further.
+- **Exploration cost, bounded:** an arm last measured at a ratio r of the incumbent's
+  speed is explored after ``decision_steps × (1 − r) / EXPLORATION_BUDGET`` steps of the
+  bucket, and never sooner than ``explore_every`` (128): so exploration costs at most
+  ``EXPLORATION_BUDGET`` (1%) of speed, whether the explored arm is 2% slower (explored
+  every 128 steps) or 60% slower (every 480 steps). A slow arm still comes back within
+  ``decision_steps / EXPLORATION_BUDGET`` (800) steps.
 
-Exploration cost: ``decision_steps / explore_every`` of a bucket's steps (6.25% with the
-defaults) run an arm other than the incumbent; K ± 1 is usually within a few percent
-of it, so the loss is about 1% of speed, at most 6.25% × (1 − the explored arm's
-speed ratio). Warm-up runs ``warmup_steps`` steps per K it climbs through: 32 steps
-per bucket where drafting does not pay, at most ``(K_max + 1) × warmup_steps``.
+Warm-up runs ``warmup_steps`` steps per K it climbs through: 32 steps in the smallest
+bucket where drafting does not pay and none in the buckets above it, at most
+``(K_max + 1) × warmup_steps`` per bucket.
 
 Decisions are made every ``decision_steps`` engine steps (:meth:`DraftLengthController.replan`)
 and held as a plan, one K per bucket, so that under tensor parallelism one rank can decide
@@ -35,6 +44,7 @@ and broadcast the plan (:meth:`DraftLengthController.adopt`) and every rank draf
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import msgspec
@@ -43,6 +53,8 @@ from vllm_selfspec.core.skip_set import SelfSkipConfigError
 
 DECISION_STEPS = 8
 """Engine steps between decisions (and, under tensor parallelism, plan broadcasts), by default."""
+EXPLORATION_BUDGET = 0.01
+"""The most speed exploration may cost, by default: slower arms are explored less often."""
 HYSTERESIS = 0.03
 """An arm replaces the incumbent only when it is this much faster."""
 SPEED_MEMORY = 0.9
@@ -57,9 +69,13 @@ class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     warmup_steps: int = 16
     """Steps each K runs in a bucket while the controller warms up (the first is not counted)."""
     explore_every: int = 128
-    """A bucket's steps between explorations of another K (at least twice ``decision_steps``)."""
+    """A bucket's fewest steps between explorations of another K (at least twice
+    ``decision_steps``); slower arms wait longer (``EXPLORATION_BUDGET``)."""
     decision_steps: int = DECISION_STEPS
     """Engine steps between decisions; an exploration runs this long (no option: tests set 1)."""
+    exploration_budget: float = EXPLORATION_BUDGET
+    """The most speed exploration may cost (no option: tests raise it to explore every
+    ``explore_every`` steps whatever an arm's speed)."""
 
     def check(self) -> ControllerSettings:
         """Raise naming the option when a value is out of range."""
@@ -168,8 +184,12 @@ class DraftLengthController:
 
     def replan(self) -> tuple[int, ...]:
         """Decide each bucket's K for the next ``decision_steps`` steps; return the plan."""
+        no_drafting_below = False
         for bucket in self.buckets:
+            if bucket.incumbent is None and bucket.current == 0 and no_drafting_below:
+                bucket.incumbent, bucket.steps_since_exploration = 0, 0  # see "No drafting carries upward"
             self._decide(bucket)
+            no_drafting_below = no_drafting_below or bucket.incumbent == 0
         return self.plan()
 
     def _decide(self, bucket: BucketState) -> None:
@@ -189,16 +209,24 @@ class DraftLengthController:
         best = max(range(len(bucket.arms)), key=lambda k: bucket.arms[k].tokens_per_s)
         if bucket.arms[best].tokens_per_s > (1 + HYSTERESIS) * bucket.arms[bucket.incumbent].tokens_per_s:
             bucket.incumbent = best
-        if bucket.steps_since_exploration >= self.settings.explore_every:
-            rotation = bucket.exploration_rotation()
-            bucket.steps_since_exploration = 0
-            if rotation:
-                explored = rotation[bucket.explorations % len(rotation)]
+        rotation = bucket.exploration_rotation()
+        if rotation:
+            explored = rotation[bucket.explorations % len(rotation)]
+            if bucket.steps_since_exploration >= self._exploration_interval(bucket, explored):
+                bucket.steps_since_exploration = 0
                 bucket.arms[explored] = ArmSpeed(steps=bucket.arms[explored].steps)  # measured afresh
                 self._run(bucket, explored)
                 bucket.explorations += 1
                 return
         self._run(bucket, bucket.incumbent)
+
+    def _exploration_interval(self, bucket: BucketState, k: int) -> int:
+        """Steps before exploring ``k``: long enough that its measured shortfall against the
+        incumbent costs at most the exploration budget, and at least ``explore_every``."""
+        incumbent, explored = bucket.arms[bucket.incumbent].tokens_per_s, bucket.arms[k].tokens_per_s
+        shortfall = 1 - explored / incumbent if incumbent > 0 and explored > 0 else 0.0
+        return max(self.settings.explore_every,
+                   math.ceil(self.settings.decision_steps * shortfall / self.settings.exploration_budget))
 
     @staticmethod
     def _run(bucket: BucketState, k: int) -> None:

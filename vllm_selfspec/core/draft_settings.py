@@ -39,7 +39,7 @@ class SelfSkipOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
     draft_controller_warmup_steps: int | None = None
     """Steps each K runs per batch-size bucket while the controller warms up."""
     draft_controller_explore_every: int | None = None
-    """A bucket's steps between the controller's explorations of another K."""
+    """A bucket's fewest steps between the controller's explorations of another K (slower arms wait longer)."""
 
     @classmethod
     def take_from(cls, config: dict) -> SelfSkipOptions:
@@ -88,7 +88,7 @@ class DraftSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         controller = self.draft_length_controller
         if controller is not None:
             length = (f"draft-length controller (K 0-{self.num_speculative_tokens} per batch size, chosen online; "
-                      f"warm-up {controller.warmup_steps} steps per K, exploring every {controller.explore_every} steps)")
+                      f"warm-up {controller.warmup_steps} steps per K, exploring at least {controller.explore_every} steps apart)")
         else:
             length = f"K per batch size {list(schedule)}" if schedule else "fixed K"
         return f"{head}, {exit_rule}, {length}"
