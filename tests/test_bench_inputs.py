@@ -79,3 +79,29 @@ def test_bench_controller_bad_options(argv, words):
 
 def test_bench_controller_good_options():
     assert _controller_args("--fixed-k", "", "--skip-attn", "3,5") == ([1, 8, 32], [], [3, 5], None)
+
+
+def test_bench_controller_report_and_plot(tmp_path):
+    """The report's ratios, best fixed K and per-round K shares, and the K-over-time plot,
+    from synthetic results."""
+    from vllm_selfspec.tools.bench import controller
+
+    results = {
+        "model": "m", "target_delay_ms": 80.0, "draft": "K=4, skip_attn=[7]", "rounds": 2, "max_tokens": 64,
+        "num_prompts_batch_1": 4, "warmup_steps_per_k": 16, "warmup_passes": [[1], [2]], "eager": False,
+        "dtype": "float32", "controller_summaries": ["batch 1: K=3", "batch 1: K=2"],
+        "speeds": {"plain": {1: [10.0, 10.0]}, "controller": {1: [13.0, 13.4]}, "K=0": {1: [9.5, 9.5]},
+                   "K=1": {1: [12.0, 12.0]},
+                   "K=3": {1: [14.0, 14.0]}},
+        # [steps before the measured part, [(batch size, K), ...]]
+        "draft_length_history": [[4, [(1, 0)] * 4 + [(1, 3)] * 6], [2, [(1, 1), (1, 2), (1, 2), (1, 0)]]],
+    }
+    report = controller._markdown(results, ["plain", "controller", "K=0", "K=1", "K=3"], [1])
+    assert "| controller | 13.2 [13.0-13.4] (1.320x) |" in report
+    assert "- batch 1: controller 1.320x plain vLLM, 94.3% of the best fixed K (K=3)" in report
+    assert "not drafting (K=0) runs at 0.950x plain vLLM; the controller at 1.389x of it" in report
+    assert "- round 1: K chosen in the measured steps: K=3 100%" in report
+    assert "- round 2: K chosen in the measured steps: K=0 50%, K=2 50%" in report
+    assert "80 ms after every target forward" in report
+    controller._plot(results["draft_length_history"], tmp_path / "k.png", 80.0)
+    assert (tmp_path / "k.png").read_bytes().startswith(b"\x89PNG")

@@ -4,8 +4,8 @@ Two engines, both loaded with the test-only target-delay extension: plain vLLM, 
 ``self_skip`` as a user without a profile gets it (the given or heuristic skip set,
 the controller on by default). Each round measures, at each batch size on held-out
 prompts: plain vLLM; the controller, fresh and after a stated warm-up on the
-calibration prompts; and each fixed K, switched in the same engine. Speeds are
-medians over rounds with their range; the K the controller chose at every step is
+calibration prompts; and each fixed K, switched in the same engine (each round starts
+with the next of these arms). Speeds are medians over rounds with their range; the K the controller chose at every step is
 plotted over time. ``--target-delay-ms`` adds a fixed delay to every target forward
 (never to drafts), to emulate a large memory-bound model where drafting pays.
 """
@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-mlp", help="comma-separated MLP sublayers to skip (default: the heuristic set)")
     parser.add_argument("--num-speculative-tokens", type=int, default=4, help="K_max (default 4)")
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
-    parser.add_argument("--fixed-k", default="1,2,3,4", help="fixed K measured beside the controller ('' for none)")
+    parser.add_argument("--fixed-k", default="1,2,3,4",
+                        help="fixed K measured beside the controller ('' for none); K=0 is the self_skip engine "
+                             "not drafting, which separates the engine's own overhead from the controller's choices")
     parser.add_argument("--target-delay-ms", type=float, default=0.0,
                         help="TEST-ONLY: sleep this long after every target forward (default 0)")
     parser.add_argument("--num-prompts", type=int, default=8, help="held-out chat prompts at batch 1 (default 8)")
@@ -140,8 +142,8 @@ def run_bench_controller(args: argparse.Namespace) -> int:
         for llm in (plain, self_skip):
             llm.collective_rpc("selfspec_delay_target_forward", args=(args.target_delay_ms / 1000,))
             timed_workload(llm, calibration[:2], SamplingParams(temperature=0.0, max_tokens=8), 2)  # compile
-        for round_index in range(args.rounds):
-            measure(plain, "plain")
+
+        def measure_controller() -> None:
             switch(controlled)  # a fresh controller
             warmup_passes.append(warm_up())
             warmed = len(self_skip.collective_rpc("selfspec_draft_lengths")[0]["steps"])
@@ -149,9 +151,17 @@ def run_bench_controller(args: argparse.Namespace) -> int:
             record = self_skip.collective_rpc("selfspec_draft_lengths")[0]
             histories.append([warmed, record["steps"]])
             summaries.append(record["summary"])
-            for k in fixed:
-                switch(controlled.replace(draft_length_controller=None, num_speculative_tokens=k))
-                measure(self_skip, f"K={k}")
+
+        def measure_fixed(k: int) -> None:
+            switch(controlled.replace(draft_length_controller=None, num_speculative_tokens=k))
+            measure(self_skip, f"K={k}")
+
+        arm_runs = [lambda: measure(plain, "plain"), measure_controller,
+                    *(lambda k=k: measure_fixed(k) for k in fixed)]
+        for round_index in range(args.rounds):
+            shift = round_index % len(arm_runs)  # each round starts with the next arm
+            for arm_run in arm_runs[shift:] + arm_runs[:shift]:
+                arm_run()
         draft = describe_draft(self_skip)
     finally:
         release(plain)
@@ -178,7 +188,8 @@ def _markdown(results: dict, arms: list[str], batch_sizes: list[int]) -> str:
         "",
         f"- Command: `vllm-selfspec bench-controller` ({'eager' if results['eager'] else 'compiled'}, "
         f"{results['dtype']}, greedy, {results['max_tokens']} tokens, held-out chat prompts: "
-        f"{results['num_prompts_batch_1']} one at a time at batch 1, one batch otherwise; {results['rounds']} rounds).",
+        f"{results['num_prompts_batch_1']} one at a time at batch 1, one batch otherwise; {results['rounds']} rounds, "
+        "each starting with the next arm).",
         f"- Target delay: {results['target_delay_ms']:g} ms after every target forward (TEST-ONLY emulation; "
         "drafts not delayed)." if results["target_delay_ms"] else "- No target delay.",
         f"- self_skip: {results['draft']}.",
@@ -211,6 +222,10 @@ def _markdown(results: dict, arms: list[str], batch_sizes: list[int]) -> str:
                          f"fixed K ({best})")
         else:
             lines.append(f"- batch {b}: controller {controller / plain[b]:.3f}x plain vLLM")
+        if "K=0" in arms:
+            not_drafting = statistics.median(speeds["K=0"][b])
+            lines.append(f"  - the self_skip engine not drafting (K=0) runs at {not_drafting / plain[b]:.3f}x plain "
+                         f"vLLM; the controller at {controller / not_drafting:.3f}x of it")
     for index, (warmed, steps) in enumerate(results["draft_length_history"]):
         measured = [k for _, k in steps[warmed:]]
         shares = ", ".join(f"K={k} {measured.count(k) / len(measured):.0%}" for k in sorted(set(measured)))
