@@ -17,7 +17,7 @@ def _args(tmp_path, *argv):
     "argv, words",
     [
         (["--methods", "plain,medusa"], "--methods: unknown method 'medusa'; choose from plain, self_skip, ngram, draft_model"),
-        (["--batch-sizes", "1,0,8"], "--batch-sizes: a batch size must be at least 1, got 0"),
+        (["--batch-sizes", "1,0,8"], "--batch-sizes: every value must be at least 1, got 0"),
         (["--batch-sizes", "one"], "--batch-sizes: 'one' is not an integer"),
         (["--prompt-sets", "chat,mmlu"], "--prompt-sets: prompts: unknown prompt set 'mmlu'"),
         (["--prompt-sets", "/no/such/prompts.jsonl"], "--prompt-sets: prompts: file '/no/such/prompts.jsonl' does not exist"),
@@ -62,13 +62,13 @@ def _controller_args(*argv):
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["--batch-sizes", "1,x"], "--batch-sizes: expected comma-separated integers"),
-        (["--batch-sizes", "0"], "--batch-sizes: every value must be at least 1"),
+        (["--batch-sizes", "1,x"], "--batch-sizes: 'x' is not an integer"),
+        (["--batch-sizes", "0"], "--batch-sizes: every value must be at least 1, got 0"),
         (["--fixed-k", "1,5"], "--fixed-k: values cannot exceed --num-speculative-tokens (4)"),
         (["--num-speculative-tokens", "0"], "--num-speculative-tokens: must be at least 1"),
         (["--rounds", "0"], "--rounds: must be at least 1"),
         (["--target-delay-ms", "-1"], "--target-delay-ms: must not be negative"),
-        (["--skip-attn", "3,-1"], "--skip-attn: every value must be at least 0"),
+        (["--skip-attn", "3,-1"], "--skip-attn: every value must be at least 0, got -1"),
     ],
 )
 def test_bench_controller_bad_options(argv, words):

@@ -73,6 +73,19 @@ def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def parse_integers(option: str, text: str, low: int) -> list[int]:
+    """Comma-separated integers of at least ``low``; raise ``BenchInputError`` naming ``option``."""
+    values = []
+    for item in _csv(text):
+        try:
+            values.append(int(item))
+        except ValueError:
+            raise BenchInputError(f"{option}: {item!r} is not an integer") from None
+        if values[-1] < low:
+            raise BenchInputError(f"{option}: every value must be at least {low}, got {values[-1]}")
+    return values
+
+
 def validate(args: argparse.Namespace) -> BenchSettings:
     """Check every option and load the prompts; raise ``BenchInputError`` naming the option."""
     from vllm_selfspec.tools.engine_runs import default_dtype
@@ -83,15 +96,7 @@ def validate(args: argparse.Namespace) -> BenchSettings:
     if unknown or not methods:
         raise BenchInputError(f"--methods: unknown method {', '.join(map(repr, unknown)) or '(none given)'}; "
                               f"choose from {', '.join(METHODS)}")
-    batch_sizes: list[int] = []
-    for text in _csv(args.batch_sizes or defaults["batch_sizes"]):
-        try:
-            size = int(text)
-        except ValueError:
-            raise BenchInputError(f"--batch-sizes: {text!r} is not an integer") from None
-        if size < 1:
-            raise BenchInputError(f"--batch-sizes: a batch size must be at least 1, got {size}")
-        batch_sizes.append(size)
+    batch_sizes = parse_integers("--batch-sizes", args.batch_sizes or defaults["batch_sizes"], 1)
     sampling = _csv(args.sampling or defaults["sampling"])
     if not sampling or any(s not in SAMPLING for s in sampling):
         raise BenchInputError(f"--sampling: choose from {', '.join(SAMPLING)}, got {args.sampling!r}")

@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from vllm_selfspec.tools.bench.command import BenchInputError
+from vllm_selfspec.tools.bench.command import BenchInputError, parse_integers
 
 MAX_WARMUP_PASSES = 8
 """Most passes of one batch size's workload, on the calibration prompts, to warm a fresh controller up."""
@@ -47,18 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def validate(args: argparse.Namespace) -> tuple[list[int], list[int], list[int] | None, list[int] | None]:
     """Batch sizes, fixed K values and skip sets (``None``: the heuristic's); raise
     ``BenchInputError`` naming the option before any engine starts."""
-
-    def integers(option: str, text: str, low: int) -> list[int]:
-        try:
-            values = [int(item) for item in text.split(",") if item.strip()]
-        except ValueError:
-            raise BenchInputError(f"{option}: expected comma-separated integers, got {text!r}") from None
-        if any(value < low for value in values):
-            raise BenchInputError(f"{option}: every value must be at least {low}, got {text!r}")
-        return values
-
-    batch_sizes = integers("--batch-sizes", args.batch_sizes, 1)
-    fixed = integers("--fixed-k", args.fixed_k, 0)
+    batch_sizes = parse_integers("--batch-sizes", args.batch_sizes, 1)
+    fixed = parse_integers("--fixed-k", args.fixed_k, 0)
     if not batch_sizes:
         raise BenchInputError("--batch-sizes: give at least one batch size")
     if args.num_speculative_tokens < 1:
@@ -72,8 +62,8 @@ def validate(args: argparse.Namespace) -> tuple[list[int], list[int], list[int] 
             raise BenchInputError(f"{option}: must be at least 1, got {value}")
     if args.target_delay_ms < 0:
         raise BenchInputError(f"--target-delay-ms: must not be negative, got {args.target_delay_ms}")
-    skip_attn = integers("--skip-attn", args.skip_attn, 0) if args.skip_attn is not None else None
-    skip_mlp = integers("--skip-mlp", args.skip_mlp, 0) if args.skip_mlp is not None else None
+    skip_attn = parse_integers("--skip-attn", args.skip_attn, 0) if args.skip_attn is not None else None
+    skip_mlp = parse_integers("--skip-mlp", args.skip_mlp, 0) if args.skip_mlp is not None else None
     return batch_sizes, fixed, skip_attn, skip_mlp
 
 
