@@ -216,7 +216,7 @@ def test_controller_drafts_where_drafting_pays_and_stops_where_it_does_not(engin
       K = 0 wherever it has decided.
     """
     llm = _engine(engines, default_model, SELF_SKIP)
-    controller = ControllerSettings(warmup_steps=4, explore_every=32)
+    controller = ControllerSettings(warmup_steps=4, explore_every=32, decision_steps=4)  # short requests
     try:
         for target_delay_s, draft_delay_s, drafting_pays in ((0.04, 0.0, True), (0.0, 0.04, False)):
             llm.collective_rpc("selfspec_delay_target_forward", args=(target_delay_s,))

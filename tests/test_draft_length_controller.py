@@ -1,5 +1,7 @@
 """The draft-length controller on simulated engines: warm-up, choice, hysteresis, exploration, agreement."""
 
+import bisect
+import itertools
 import random
 
 import pytest
@@ -46,6 +48,11 @@ def never_pays(k, step):
     return 100 * (1 - 0.1 * k)
 
 
+def never_pays_by(cost):
+    """K = 1 ``cost`` slower than K = 0, each further K 5% slower again."""
+    return lambda k, step: 100 * (1 - cost * min(k, 1) - 0.05 * max(k - 1, 0))
+
+
 def test_buckets():
     assert [batch_bucket(n) for n in (1, 2, 3, 4, 7, 8, 31, 32)] == [0, 1, 1, 2, 2, 3, 4, 5]
     assert describe_bucket(0) == "batch 1" and describe_bucket(3) == "batch 8-15"
@@ -55,6 +62,9 @@ def test_warm_up_climbs_until_drafting_more_is_slower():
     controller = DraftLengthController(4, ControllerSettings(warmup_steps=8))
     chosen = run(controller, pays_at(2), 4 * 8)
     assert chosen == [0] * 8 + [1] * 8 + [2] * 8 + [3] * 8  # K=3 is slower than K=2: the climb stops
+    # K=2, the fastest, is confirmed against K=0 side by side before it is adopted.
+    chosen = run(controller, pays_at(2), 4 * 8, start=4 * 8)
+    assert chosen == [0] * 8 + [2] * 16 + [0] * 8
     controller.replan()
     assert controller.buckets[0].incumbent == 2 and controller.draft_length(1) == 2
 
@@ -230,6 +240,56 @@ def test_one_exploration_corrects_a_spoiled_estimate():
     chosen = run(controller, spoiled, 400, noise=0.02)
     assert chosen[100] != 0
     assert controller.buckets[0].incumbent == 0 and chosen[-50:].count(0) >= 50 - DECISION_STEPS
+
+
+def machine_spells(seed, slow=0.75):
+    """The whole machine's speed over steps: spells of 20-200 steps, alternately normal and ``slow``."""
+    rng = random.Random(seed)
+    ends, factors, step, factor = [], [], 0, 1.0
+    while step < 100_000:
+        step += rng.randint(20, 200)
+        ends.append(step)
+        factors.append(factor)
+        factor = slow if factor == 1.0 else 1.0
+    return lambda step: factors[bisect.bisect_right(ends, step)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_slow_spells_do_not_make_a_slower_k_the_incumbent(seed):
+    """The machine slows by 25% in spells, every arm alike; drafting is 15% slower. An arm
+    measured outside a spell often beats an incumbent measured in one, but the side-by-side
+    trial keeps K = 0: no slower K ever runs longer than the trial's two intervals."""
+    spell = machine_spells(seed)
+    chosen = run(DraftLengthController(4), lambda k, step: never_pays_by(0.15)(k, step) * spell(step), 6000,
+                 seed=seed)
+    drafting_runs = [len(list(steps)) for k, steps in itertools.groupby(chosen[200:]) if k]
+    assert drafting_runs and max(drafting_runs) <= 2 * DECISION_STEPS, drafting_runs
+
+
+def test_a_warm_up_spoiled_by_a_slow_spell_still_settles_on_no_drafting():
+    """K = 0's warm-up steps fall in a 25% slow spell, so K = 1 (10% slower in truth) looks
+    faster; the trial, K = 0 and K = 1 side by side, keeps K = 0."""
+    speed = lambda k, step: never_pays(k, step) * (0.75 if step < 16 else 1.0)
+    controller = DraftLengthController(4)
+    chosen = run(controller, speed, 200, noise=0.0)
+    assert chosen[:48] == [0] * 16 + [1] * 16 + [2] * 16  # the climb stops at K = 2, slower than K = 1
+    assert chosen[48:80] == [0] * 8 + [1] * 16 + [0] * 8  # the trial
+    assert controller.buckets[0].incumbent == 0 and chosen[80:] == [0] * 120
+
+
+def test_a_trial_that_keeps_the_incumbent_counts_against_the_exploration_budget():
+    """K = 1 is 40% slower, but one spoiled sample makes it look faster: the trial runs it for
+    two intervals and keeps K = 0, and the next exploration of K = 1 waits 2 × 8 × 40% / 1%
+    = 640 steps for that, on top of its usual 8 × 40% / 1% = 320."""
+    controller = DraftLengthController(1)
+    speed = never_pays_by(0.4)
+    chosen = run(controller, speed, 400, noise=0.0)
+    assert controller.buckets[0].incumbent == 0
+    controller.observe(1, 1, tokens=1000, seconds=1.0)  # K = 1 measured at 1000 tok/s, once
+    chosen = run(controller, speed, 2000, noise=0.0, start=400)
+    assert chosen[:32] == [0] * 8 + [1] * 16 + [0] * 8 and controller.buckets[0].incumbent == 0
+    next_exploration = chosen.index(1, 32)
+    assert 32 + 640 + 320 <= next_exploration <= 32 + 640 + 320 + DECISION_STEPS, next_exploration
 
 
 def test_the_first_step_after_a_change_of_k_is_not_counted():

@@ -21,6 +21,13 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   there, and the bucket climbs if it pays after all.
 - **Exploitation with hysteresis:** the incumbent is replaced only by an arm faster by
   more than ``HYSTERESIS`` (3%), so noise does not make it flap.
+- **A switch is confirmed first, side by side:** an arm whose estimate beats the
+  incumbent's by the margin (often one measured in a slow spell of the machine, which
+  slows every arm alike) is not adopted on that estimate. A trial measures both afresh in
+  four ``decision_steps`` intervals, incumbent-challenger-challenger-incumbent (or the
+  mirror order, to start with the K running), so that a drift in the machine's speed
+  falls on both alike, and adopts the challenger only if it wins by the margin. This
+  includes the choice at the end of the warm-up.
 - **Exploration:** now and then one decision interval (``decision_steps``, 8) runs the
   next arm of a rotation over K = 0 and the incumbent's neighbours K ± 1, measured
   afresh, so one exploration corrects an estimate that a slow spell spoiled. K = 0 comes
@@ -31,11 +38,14 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   bucket, and never sooner than ``explore_every`` (128): so exploration costs at most
   ``EXPLORATION_BUDGET`` (1%) of speed, whether the explored arm is 2% slower (explored
   every 128 steps) or 60% slower (every 480 steps). A slow arm still comes back within
-  ``decision_steps / EXPLORATION_BUDGET`` (800) steps.
+  ``decision_steps / EXPLORATION_BUDGET`` (800) steps. A trial that keeps the incumbent
+  has run the challenger for two more intervals, so the next exploration also waits for
+  their cost, and the bound holds (a slow arm then comes back within 2400 steps).
 
 Warm-up runs ``warmup_steps`` steps per K it climbs through: 32 steps in the smallest
 bucket where drafting does not pay and none in the buckets above it, at most
-``(K_max + 1) × warmup_steps`` per bucket.
+``(K_max + 1) × warmup_steps`` per bucket, and a trial of ``4 × decision_steps`` steps
+when a K > 0 measured fastest.
 
 Decisions are made every ``decision_steps`` engine steps (:meth:`DraftLengthController.replan`)
 and held as a plan, one K per bucket, so that under tensor parallelism one rank can decide
@@ -120,6 +130,36 @@ class ArmSpeed:
 
 
 @dataclass
+class Trial:
+    """A paired comparison of the incumbent and a challenger: the K of each interval in
+    turn, and each arm's undecayed token and time sums measured in it."""
+
+    incumbent: int
+    challenger: int
+    order: list[int]
+    """The K of each remaining interval, the one running now first."""
+    counted_steps: int = 0
+    """Steps counted in the running interval."""
+    sums: dict[int, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, incumbent: int, challenger: int, current: int) -> Trial:
+        """A trial whose first interval runs ``current`` when it is one of the two arms."""
+        first, second = (challenger, incumbent) if current == challenger else (incumbent, challenger)
+        return cls(incumbent, challenger, [first, second, second, first],
+                   sums={incumbent: [0.0, 0.0], challenger: [0.0, 0.0]})
+
+    def add(self, k: int, tokens: float, seconds: float) -> None:
+        self.sums[k][0] += tokens
+        self.sums[k][1] += seconds
+        self.counted_steps += 1
+
+    def speed(self, k: int) -> float:
+        tokens, seconds = self.sums[k]
+        return tokens / seconds if seconds > 0 else 0.0
+
+
+@dataclass
 class BucketState:
     """One bucket's arms, its incumbent (``None`` while warming up) and the K it runs now."""
 
@@ -131,6 +171,8 @@ class BucketState:
     """Steps measured since ``current`` was last chosen; the first is not counted (see ``observe``)."""
     steps_since_exploration: int = 0
     explorations: int = 0
+    trial: Trial | None = None
+    """The side-by-side comparison under way before the incumbent may change."""
 
     def exploration_rotation(self) -> list[int]:
         """The arms explored in turn: K = 0 and the incumbent's neighbours."""
@@ -181,6 +223,8 @@ class DraftLengthController:
             # The first step after a change of K is left out: it may carry one-time costs
             # of the new verification shape (a compile, kernel selection), not its speed.
             bucket.arms[k].add(tokens, seconds)
+            if bucket.trial is not None and bucket.trial.order[0] == k:
+                bucket.trial.add(k, tokens, seconds)
 
     def replan(self) -> tuple[int, ...]:
         """Decide each bucket's K for the next ``decision_steps`` steps; return the plan."""
@@ -189,7 +233,7 @@ class DraftLengthController:
             if bucket.incumbent is None and bucket.current == 0 and no_drafting_below:
                 bucket.incumbent, bucket.steps_since_exploration = 0, 0  # see "No drafting carries upward"
             self._decide(bucket)
-            no_drafting_below = no_drafting_below or bucket.incumbent == 0
+            no_drafting_below = no_drafting_below or (bucket.incumbent == 0 and bucket.trial is None)
         return self.plan()
 
     def _decide(self, bucket: BucketState) -> None:
@@ -204,11 +248,16 @@ class DraftLengthController:
                 return
             bucket.incumbent = 0
             bucket.steps_since_exploration = 0
+        elif bucket.trial is not None:
+            if not self._advance_trial(bucket):
+                return
         elif bucket.current != bucket.incumbent and bucket.steps_on_current < self.settings.decision_steps:
             return  # an exploration still running
         best = max(range(len(bucket.arms)), key=lambda k: bucket.arms[k].tokens_per_s)
         if bucket.arms[best].tokens_per_s > (1 + HYSTERESIS) * bucket.arms[bucket.incumbent].tokens_per_s:
-            bucket.incumbent = best
+            bucket.trial = Trial.start(bucket.incumbent, best, bucket.current)
+            self._run(bucket, bucket.trial.order[0])
+            return
         rotation = bucket.exploration_rotation()
         if rotation:
             explored = rotation[bucket.explorations % len(rotation)]
@@ -219,6 +268,32 @@ class DraftLengthController:
                 bucket.explorations += 1
                 return
         self._run(bucket, bucket.incumbent)
+
+    def _advance_trial(self, bucket: BucketState) -> bool:
+        """Move the bucket's trial on to its next interval once the running one has counted
+        its steps; at the end, adopt the challenger if it won by the margin. True when the
+        trial is over."""
+        trial = bucket.trial
+        if trial.counted_steps < max(self.settings.decision_steps - 1, 1):
+            return False
+        trial.order.pop(0)
+        trial.counted_steps = 0
+        if trial.order:
+            self._run(bucket, trial.order[0])
+            return False
+        bucket.trial = None
+        incumbent, challenger = trial.speed(trial.incumbent), trial.speed(trial.challenger)
+        for k in (trial.incumbent, trial.challenger):
+            # The paired measurements replace the estimates that started the trial.
+            bucket.arms[k] = ArmSpeed(*trial.sums[k], steps=bucket.arms[k].steps)
+        if challenger > (1 + HYSTERESIS) * incumbent:
+            bucket.incumbent = trial.challenger
+        elif incumbent > 0:
+            # Kept: the challenger's two intervals were exploration too; wait for their cost.
+            shortfall = max(0.0, 1 - challenger / incumbent)
+            bucket.steps_since_exploration = -math.ceil(
+                2 * self.settings.decision_steps * shortfall / self.settings.exploration_budget)
+        return True
 
     def _exploration_interval(self, bucket: BucketState, k: int) -> int:
         """Steps before exploring ``k``: long enough that its measured shortfall against the
@@ -246,5 +321,7 @@ class DraftLengthController:
                 continue
             speeds = ", ".join(f"K={k} {arm.tokens_per_s:.1f}" for k, arm in enumerate(bucket.arms) if arm.steps)
             state = f"K={bucket.incumbent}" if bucket.incumbent is not None else f"warming up (K={bucket.current})"
+            if bucket.trial is not None:
+                state += f", trying K={bucket.trial.challenger} side by side"
             parts.append(f"{describe_bucket(index)}: {state}; tok/s {speeds}")
         return "; ".join(parts) or "no steps measured yet"
