@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from vllm_selfspec.tools.bench.command import BenchInputError, add_arguments, validate
+from vllm_selfspec.tools.bench.command import add_arguments, validate
+from vllm_selfspec.tools.options import OptionError
 
 
 def _args(tmp_path, *argv):
@@ -29,7 +30,7 @@ def _args(tmp_path, *argv):
     ],
 )
 def test_bad_options(tmp_path, argv, words):
-    with pytest.raises(BenchInputError) as caught:
+    with pytest.raises(OptionError) as caught:
         validate(_args(tmp_path, *argv))
     assert words in str(caught.value)
 
@@ -39,7 +40,7 @@ def test_output_folder_that_cannot_be_written(tmp_path):
     blocker.write_text("")
     args = _args(tmp_path)
     args.out = str(blocker / "report")
-    with pytest.raises(BenchInputError, match=r"--out: cannot write to '.*a-file/report'"):
+    with pytest.raises(OptionError, match=r"--out: cannot write to '.*a-file/report'"):
         validate(args)
 
 
@@ -72,7 +73,7 @@ def _controller_args(*argv):
     ],
 )
 def test_bench_controller_bad_options(argv, words):
-    with pytest.raises(BenchInputError) as caught:
+    with pytest.raises(OptionError) as caught:
         _controller_args(*argv)
     assert words in str(caught.value)
 
@@ -100,6 +101,9 @@ def test_bench_controller_report_and_plot(tmp_path):
     assert "| controller | 13.2 [13.0-13.4] (1.320x) |" in report
     assert "- batch 1: controller 1.320x plain vLLM, 94.3% of the best fixed K (K=3)" in report
     assert "not drafting (K=0) runs at 0.950x plain vLLM; the controller at 1.389x of it" in report
+    # Round 1: 13.0 / 10 and 13.0 / 9.5; round 2: 13.4 / 10 and 13.4 / 9.5.
+    assert ("paired by round (geometric mean of the rounds' ratios [lowest-highest]): controller / plain "
+            "1.320x [1.300-1.340]; K=0 / plain 0.950x [0.950-0.950]; controller / K=0 1.389x [1.368-1.411]") in report
     assert "- round 1: K chosen in the measured steps: K=3 100%" in report
     assert "- round 2: K chosen in the measured steps: K=0 50%, K=2 50%" in report
     assert "80 ms after every target forward" in report

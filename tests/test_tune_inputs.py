@@ -10,7 +10,8 @@ from vllm_selfspec.core.draft_settings import DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.profile import ModelIdentity, SkipProfile, load_profile, save_profile
 from vllm_selfspec.core.resolve import resolve_self_skip
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
-from vllm_selfspec.tools.tune import TuneInputError, add_arguments, validate
+from vllm_selfspec.tools.options import OptionError
+from vllm_selfspec.tools.tune import add_arguments, validate
 
 TINY = ModelIdentity("tiny", "LlamaForCausalLM", 4, 64, 128, 4, 2, 1000)
 TINY_CONFIG = {
@@ -47,19 +48,19 @@ def test_valid_settings(model_dir, tmp_path):
     [
         (["--budget", "0"], "--budget: must be at least 1 trial, got 0"),
         (["--draft-vocab-sizes", "0,4096"], "--draft-vocab-sizes: 4096 is larger than the model's vocabulary of 1000"),
-        (["--draft-lengths", "0,2"], "--draft-lengths: expected integers >= 1"),
+        (["--draft-lengths", "0,2"], "--draft-lengths: every value must be at least 1, got 0"),
         (["--max-tokens", "0"], "--max-tokens: must be at least 1"),
     ],
 )
 def test_bad_options_are_refused(model_dir, tmp_path, argv, words):
-    with pytest.raises(TuneInputError, match=words.replace("(", r"\(")):
+    with pytest.raises(OptionError, match=words.replace("(", r"\(")):
         validate(_args(model_dir, tmp_path, *argv))
 
 
 def test_empty_prompts_file_is_refused(model_dir, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    with pytest.raises(TuneInputError, match="--prompts: .*empty.jsonl' holds no prompts"):
+    with pytest.raises(OptionError, match="--prompts: .*empty.jsonl' holds no prompts"):
         validate(_args(model_dir, tmp_path, "--prompts", str(empty)))
 
 
@@ -67,7 +68,7 @@ def test_profile_for_another_model_at_out_is_refused(model_dir, tmp_path):
     other = ModelIdentity("other", "LlamaForCausalLM", 6, 64, 128, 4, 2, 1000)
     save_profile(SkipProfile(model=other, draft=DraftSettings(skip_attn=(1,), skip_mlp=(), num_speculative_tokens=3)),
                  tmp_path / "out" / "profile.json")
-    with pytest.raises(TuneInputError, match="--out: .* holds a profile for another model .*num_layers: profile has 6, model has 4"):
+    with pytest.raises(OptionError, match="--out: .* holds a profile for another model .*num_layers: profile has 6, model has 4"):
         validate(_args(model_dir, tmp_path))
 
 

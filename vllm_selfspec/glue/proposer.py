@@ -389,7 +389,7 @@ class SelfSkipProposer(DraftModelProposer):
         # prefix-cached with one token left): not a draft, and always rejected.
         draft_counts = [sum(token >= 0 for token in batch.spec_token_ids[row]) for row in range(batch.num_reqs)]
         drafted = sum(draft_counts)
-        if drafted == 0 or num_rejected_tokens_gpu is None:
+        if drafted == 0 or num_rejected_tokens_gpu is None or (self.exit_rule is None and sample is None):
             if sample is not None:
                 self.controller.observe(sample[0], sample[1], tokens=sample[2], seconds=sample[3])
             return
@@ -439,21 +439,19 @@ class HostReadback:
     """
 
     def __init__(self, device: torch.device, size: int):
-        self._on_gpu = device.type == "cuda"
-        self._host = torch.zeros(max(size, 1), dtype=torch.int64, pin_memory=self._on_gpu)
+        on_gpu = device.type == "cuda"
+        self._host = torch.zeros(max(size, 1), dtype=torch.int64, pin_memory=on_gpu)
         self._values = self._host.numpy()
-        self._events: list = [None] * len(self._values)
+        # One event per slot, recorded again at each put (an event reports its latest record).
+        self._events = [torch.cuda.Event() for _ in self._values] if on_gpu else None
 
     def put(self, slot: int, value: torch.Tensor) -> None:
         self._host[slot : slot + 1].copy_(value.reshape(1), non_blocking=True)
-        if self._on_gpu:
-            event = torch.cuda.Event()
-            event.record()
-            self._events[slot] = event
+        if self._events is not None:
+            self._events[slot].record()
 
     def ready(self, slot: int) -> bool:
-        event = self._events[slot]
-        return event is None or event.query()
+        return self._events is None or self._events[slot].query()
 
     def get(self, slot: int) -> int:
         return int(self._values[slot])

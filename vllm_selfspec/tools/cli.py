@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluate_module.add_arguments(evaluate)
     from vllm_selfspec.tools import doctor as doctor_module
+    from vllm_selfspec.tools.options import OptionError
 
     doctor = commands.add_parser(
         "doctor", help="is this install healthy and fast: runtime, syncs, outputs and batch-1 speed against plain vLLM"
@@ -91,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         try:
             return bench_module.run_bench(args)
-        except bench_module.BenchInputError as error:
+        except OptionError as error:
             parser.exit(2, f"vllm-selfspec bench: error: {error}\n")
     if args.command == "bench-controller":
         try:
             return bench_controller_module.run_bench_controller(args)
-        except bench_module.BenchInputError as error:
+        except OptionError as error:
             parser.exit(2, f"vllm-selfspec bench-controller: error: {error}\n")
     if args.command == "doctor":
         return doctor_module.run_doctor(args)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tune":
         try:
             return tune_module.run_tune(args)
-        except tune_module.TuneInputError as error:
+        except OptionError as error:
             parser.exit(2, f"vllm-selfspec tune: error: {error}\n")
     return demo_module.run_demo(args)
 

@@ -33,6 +33,7 @@ from vllm_selfspec.core.profile import (
 from vllm_selfspec.core.schedule import best_draft_length, schedule_from_measurements
 from vllm_selfspec.core.search import DraftCandidate, SearchSpace
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
+from vllm_selfspec.tools.options import OptionError, parse_integers
 from vllm_selfspec.tools.prompts import CALIBRATION_PROMPTS, PromptSetError, load_prompt_file
 
 SCHEDULE_MIN_GAIN = 1.02
@@ -44,10 +45,6 @@ RANKING_LENGTH = 16384
 RANKING_SAMPLES = 8
 RANKING_TOKENS = 256
 """Sampled continuations per calibration prompt, and their length, behind the token ranking."""
-
-
-class TuneInputError(ValueError):
-    """A tune setting is invalid; the message names the option to fix."""
 
 
 @dataclass
@@ -90,12 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _int_list(option: str, text: str, minimum: int) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise TuneInputError(f"{option}: expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < minimum:
-        raise TuneInputError(f"{option}: expected integers >= {minimum}, got {text!r}")
+    """The distinct integers of a comma-separated option, sorted; at least one."""
+    values = parse_integers(option, text, minimum)
+    if not values:
+        raise OptionError(f"{option}: give at least one value")
     return tuple(sorted(set(values)))
 
 
@@ -108,16 +103,16 @@ def validate(args: argparse.Namespace) -> TuneSettings:
     from vllm_selfspec.tools.model_prep import prepare_default_model
 
     if args.budget < 1:
-        raise TuneInputError(f"--budget: must be at least 1 trial, got {args.budget}")
+        raise OptionError(f"--budget: must be at least 1 trial, got {args.budget}")
     if args.max_tokens < 1:
-        raise TuneInputError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
+        raise OptionError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
     try:
         prompts = load_prompt_file(args.prompts or CALIBRATION_PROMPTS)
     except PromptSetError as exc:
-        raise TuneInputError(str(exc).replace("prompts:", "--prompts:", 1)) from None
+        raise OptionError(str(exc).replace("prompts:", "--prompts:", 1)) from None
     model = args.model or str(prepare_default_model())
     if not (Path(model) / "config.json").is_file():
-        raise TuneInputError(f"model: {model!r} is not a model folder (no config.json)")
+        raise OptionError(f"model: {model!r} is not a model folder (no config.json)")
     hf_config = AutoConfig.from_pretrained(model)
     identity = identity_from_hf_config(model, getattr(hf_config, "text_config", hf_config),
                                        getattr(hf_config, "architectures", None))
@@ -126,16 +121,16 @@ def validate(args: argparse.Namespace) -> TuneSettings:
         try:
             check_draft_vocab_size(size, identity.vocab_size)
         except SelfSkipConfigError as exc:
-            raise TuneInputError(str(exc).replace("draft_vocab_size:", "--draft-vocab-sizes:", 1)) from None
+            raise OptionError(str(exc).replace("draft_vocab_size:", "--draft-vocab-sizes:", 1)) from None
     out = Path(args.out or f"{identity.name}.self_skip.json")
     if out.exists():
         try:
             earlier = load_profile(out)
         except SelfSkipConfigError as exc:
-            raise TuneInputError(f"--out: {exc}") from None
+            raise OptionError(f"--out: {exc}") from None
         mismatches = earlier.model.mismatches(identity)
         if mismatches:
-            raise TuneInputError(
+            raise OptionError(
                 f"--out: {str(out)!r} holds a profile for another model ({'; '.join(mismatches)}); "
                 "choose another --out"
             )
@@ -145,7 +140,7 @@ def validate(args: argparse.Namespace) -> TuneSettings:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise TuneInputError(f"--out: cannot write to {str(out.parent)!r}: {exc.strerror}") from None
+        raise OptionError(f"--out: cannot write to {str(out.parent)!r}: {exc.strerror}") from None
     return TuneSettings(
         model=model, identity=identity, prompts=prompts,
         prompts_label=str(args.prompts) if args.prompts else f"shipped {CALIBRATION_PROMPTS.name}",

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vllm_selfspec.tools.options import OptionError, comma_separated, parse_integers
 from vllm_selfspec.tools.prompts import PromptSetError, load_prompt_set
 
 METHODS = ("plain", "self_skip", "ngram", "draft_model")
@@ -25,10 +26,6 @@ FULL = dict(prompt_sets="humaneval,chat,summarization", batch_sizes="1,8,32", sa
             max_tokens=32, single_requests=2)
 QUICK = dict(prompt_sets="chat", batch_sizes="1,4", sampling="greedy,random", max_tokens=16, single_requests=1)
 BENCH_WORKER_EXTENSION = "vllm_selfspec.tools.bench.worker.BenchWorkerExtension"
-
-
-class BenchInputError(ValueError):
-    """A bench setting is invalid; the message names the option to fix."""
 
 
 @dataclass
@@ -69,50 +66,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{QUICK['batch_sizes']}, {QUICK['max_tokens']} tokens, eager")
 
 
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def parse_integers(option: str, text: str, low: int) -> list[int]:
-    """Comma-separated integers of at least ``low``; raise ``BenchInputError`` naming ``option``."""
-    values = []
-    for item in _csv(text):
-        try:
-            values.append(int(item))
-        except ValueError:
-            raise BenchInputError(f"{option}: {item!r} is not an integer") from None
-        if values[-1] < low:
-            raise BenchInputError(f"{option}: every value must be at least {low}, got {values[-1]}")
-    return values
-
-
 def validate(args: argparse.Namespace) -> BenchSettings:
-    """Check every option and load the prompts; raise ``BenchInputError`` naming the option."""
+    """Check every option and load the prompts; raise ``OptionError`` naming the option."""
     from vllm_selfspec.tools.engine_runs import default_dtype
 
     defaults = QUICK if args.quick else FULL
-    methods = _csv(args.methods)
+    methods = comma_separated(args.methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise BenchInputError(f"--methods: unknown method {', '.join(map(repr, unknown)) or '(none given)'}; "
-                              f"choose from {', '.join(METHODS)}")
+        raise OptionError(f"--methods: unknown method {', '.join(map(repr, unknown)) or '(none given)'}; "
+                          f"choose from {', '.join(METHODS)}")
     batch_sizes = parse_integers("--batch-sizes", args.batch_sizes or defaults["batch_sizes"], 1)
-    sampling = _csv(args.sampling or defaults["sampling"])
+    sampling = comma_separated(args.sampling or defaults["sampling"])
     if not sampling or any(s not in SAMPLING for s in sampling):
-        raise BenchInputError(f"--sampling: choose from {', '.join(SAMPLING)}, got {args.sampling!r}")
+        raise OptionError(f"--sampling: choose from {', '.join(SAMPLING)}, got {args.sampling!r}")
     max_tokens = defaults["max_tokens"] if args.max_tokens is None else args.max_tokens
     if max_tokens < 1:
-        raise BenchInputError(f"--max-tokens: must be at least 1, got {max_tokens}")
+        raise OptionError(f"--max-tokens: must be at least 1, got {max_tokens}")
     if args.num_speculative_tokens < 1:
-        raise BenchInputError(f"--num-speculative-tokens: must be at least 1, got {args.num_speculative_tokens}")
+        raise OptionError(f"--num-speculative-tokens: must be at least 1, got {args.num_speculative_tokens}")
     prompt_sets: dict[str, list[str]] = {}
-    for name in _csv(args.prompt_sets or defaults["prompt_sets"]):
+    for name in comma_separated(args.prompt_sets or defaults["prompt_sets"]):
         try:
             prompt_sets[Path(name).stem if Path(name).suffix else name] = load_prompt_set(name)
         except PromptSetError as error:
-            raise BenchInputError(f"--prompt-sets: {error}") from None
+            raise OptionError(f"--prompt-sets: {error}") from None
     if args.skip_profile and not Path(args.skip_profile).is_file():
-        raise BenchInputError(f"--skip-profile: file {args.skip_profile!r} does not exist")
+        raise OptionError(f"--skip-profile: file {args.skip_profile!r} does not exist")
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +100,7 @@ def validate(args: argparse.Namespace) -> BenchSettings:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise BenchInputError(f"--out: cannot write to {str(out)!r}: {error.strerror or error}") from None
+        raise OptionError(f"--out: cannot write to {str(out)!r}: {error.strerror or error}") from None
     if args.model:
         model = args.model
     else:

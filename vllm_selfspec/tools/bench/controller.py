@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from vllm_selfspec.tools.bench.command import BenchInputError, parse_integers
+from vllm_selfspec.tools.options import OptionError, parse_integers
 
 MAX_WARMUP_PASSES = 8
 """Most passes of one batch size's workload, on the calibration prompts, to warm a fresh controller up."""
@@ -46,22 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate(args: argparse.Namespace) -> tuple[list[int], list[int], list[int] | None, list[int] | None]:
     """Batch sizes, fixed K values and skip sets (``None``: the heuristic's); raise
-    ``BenchInputError`` naming the option before any engine starts."""
+    ``OptionError`` naming the option before any engine starts."""
     batch_sizes = parse_integers("--batch-sizes", args.batch_sizes, 1)
     fixed = parse_integers("--fixed-k", args.fixed_k, 0)
     if not batch_sizes:
-        raise BenchInputError("--batch-sizes: give at least one batch size")
+        raise OptionError("--batch-sizes: give at least one batch size")
     if args.num_speculative_tokens < 1:
-        raise BenchInputError(f"--num-speculative-tokens: must be at least 1, got {args.num_speculative_tokens}")
+        raise OptionError(f"--num-speculative-tokens: must be at least 1, got {args.num_speculative_tokens}")
     if any(k > args.num_speculative_tokens for k in fixed):
-        raise BenchInputError(f"--fixed-k: values cannot exceed --num-speculative-tokens "
-                              f"({args.num_speculative_tokens}), got {args.fixed_k!r}")
+        raise OptionError(f"--fixed-k: values cannot exceed --num-speculative-tokens "
+                          f"({args.num_speculative_tokens}), got {args.fixed_k!r}")
     for option, value in (("--rounds", args.rounds), ("--num-prompts", args.num_prompts),
                           ("--max-tokens", args.max_tokens)):
         if value < 1:
-            raise BenchInputError(f"{option}: must be at least 1, got {value}")
+            raise OptionError(f"{option}: must be at least 1, got {value}")
     if args.target_delay_ms < 0:
-        raise BenchInputError(f"--target-delay-ms: must not be negative, got {args.target_delay_ms}")
+        raise OptionError(f"--target-delay-ms: must not be negative, got {args.target_delay_ms}")
     skip_attn = parse_integers("--skip-attn", args.skip_attn, 0) if args.skip_attn is not None else None
     skip_mlp = parse_integers("--skip-mlp", args.skip_mlp, 0) if args.skip_mlp is not None else None
     return batch_sizes, fixed, skip_attn, skip_mlp
@@ -188,7 +188,8 @@ def _markdown(results: dict, arms: list[str], batch_sizes: list[int]) -> str:
         f"climbs K = 0, 1, ... for {results['warmup_steps_per_k']} steps each); passes per round and batch "
         f"size: {results['warmup_passes']}.",
         "",
-        "tok/s, median over rounds [lowest-highest]; ratio: median over plain vLLM's median.",
+        "tok/s, median over rounds [lowest-highest]; ratio: median over plain vLLM's median. Each round "
+        "measures every arm in turn, so the rounds' own ratios are paired (below each batch size).",
         "",
         "| arm | " + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
         "|---|" + "---|" * len(batch_sizes),
@@ -216,6 +217,9 @@ def _markdown(results: dict, arms: list[str], batch_sizes: list[int]) -> str:
             not_drafting = statistics.median(speeds["K=0"][b])
             lines.append(f"  - the self_skip engine not drafting (K=0) runs at {not_drafting / plain[b]:.3f}x plain "
                          f"vLLM; the controller at {controller / not_drafting:.3f}x of it")
+        comparisons = [("controller", "plain")] + ([("K=0", "plain"), ("controller", "K=0")] if "K=0" in arms else [])
+        lines.append("  - paired by round (geometric mean of the rounds' ratios [lowest-highest]): " + "; ".join(
+            f"{arm} / {baseline} {_paired_ratio(speeds[arm][b], speeds[baseline][b])}" for arm, baseline in comparisons))
     for index, (warmed, steps) in enumerate(results["draft_length_history"]):
         measured = [k for _, k in steps[warmed:]]
         shares = ", ".join(f"K={k} {measured.count(k) / len(measured):.0%}" for k in sorted(set(measured)))
@@ -223,6 +227,12 @@ def _markdown(results: dict, arms: list[str], batch_sizes: list[int]) -> str:
                      f"controller: {results['controller_summaries'][index]}")
     lines += ["", "![K chosen at every step](draft_lengths.png)", ""]
     return "\n".join(lines)
+
+
+def _paired_ratio(rates: list[float], baselines: list[float]) -> str:
+    """Round-by-round ratios (each round measures every arm in turn), summarized."""
+    ratios = [rate / baseline for rate, baseline in zip(rates, baselines)]
+    return f"{statistics.geometric_mean(ratios):.3f}x [{min(ratios):.3f}-{max(ratios):.3f}]"
 
 
 def _plot(histories: list[list], path: Path, delay_ms: float) -> None:

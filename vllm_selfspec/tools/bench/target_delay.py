@@ -23,35 +23,30 @@ class TargetDelayWorkerExtension(DraftSwitchingWorkerExtension):
 
     def selfspec_delay_target_forward(self, seconds: float) -> None:
         """From now on, sleep ``seconds`` after every target forward (``_model_forward``; drafts call
-        the draft model directly and are not delayed). Installs once; later calls change the delay."""
-        runner = self.model_runner
-        if not hasattr(runner, "_selfspec_target_delay_s"):
-            forward = runner._model_forward
-
-            def delayed_forward(*args, **kwargs):
-                output = forward(*args, **kwargs)
-                if runner._selfspec_target_delay_s:
-                    time.sleep(runner._selfspec_target_delay_s)
-                return output
-
-            runner._model_forward = delayed_forward
-        runner._selfspec_target_delay_s = seconds
+        the draft model directly and are not delayed)."""
+        _sleep_after_each_call(self.model_runner, "_model_forward", seconds)
 
     def selfspec_delay_draft_steps(self, seconds: float) -> None:
         """From now on, sleep ``seconds`` per draft step after every ``propose`` (a draft of K
-        tokens sleeps K times as long). Installs once; later calls change the delay."""
-        drafter = self.model_runner.drafter
-        if not hasattr(drafter, "_selfspec_draft_delay_s"):
-            propose = drafter.propose
+        tokens sleeps K times as long)."""
+        _sleep_after_each_call(self.model_runner.drafter, "propose", seconds, per=lambda drafts: drafts.shape[1])
 
-            def delayed_propose(*args, **kwargs):
-                drafts = propose(*args, **kwargs)
-                if drafter._selfspec_draft_delay_s:
-                    time.sleep(drafter._selfspec_draft_delay_s * drafts.shape[1])
-                return drafts
 
-            drafter.propose = delayed_propose
-        drafter._selfspec_draft_delay_s = seconds
+def _sleep_after_each_call(owner, method: str, seconds: float, per=lambda output: 1) -> None:
+    """Make ``owner.method`` sleep ``seconds × per(its output)`` after each call. The wrapper is
+    installed once; later calls only change the delay (0 turns it off)."""
+    delays = owner.__dict__.setdefault("_selfspec_delays", {})
+    if method not in delays:
+        original = getattr(owner, method)
+
+        def delayed(*args, **kwargs):
+            output = original(*args, **kwargs)
+            if delays[method]:
+                time.sleep(delays[method] * per(output))
+            return output
+
+        setattr(owner, method, delayed)
+    delays[method] = seconds
 
 
 TARGET_DELAY_EXTENSION = f"{__name__}.{TargetDelayWorkerExtension.__qualname__}"
