@@ -229,7 +229,11 @@ def test_controller_drafts_where_drafting_pays_and_stops_where_it_does_not(engin
             drafting_share = sum(k > 0 for k in singles) / len(singles)
             if drafting_pays:
                 assert record["incumbents"]["batch 1"] >= 1, record["summary"]
-                assert drafting_share > 0.7, (drafting_share, record["summary"])
+                # After the warm-up (K = 0, 1, ... 4 steps each) and the side-by-side trial that
+                # adopts drafting (half its steps K = 0), only explorations leave the chosen K.
+                settled = singles[len(singles) // 2:]
+                settled_share = sum(k > 0 for k in settled) / len(settled)
+                assert settled_share > 0.8, (settled_share, drafting_share, record["summary"])
                 assert run.spec.drafts > 0 and run.spec.accepted_tokens > 0, run.spec
             else:
                 # Every batch size it has decided for (those still warming up have not) chose K = 0.
