@@ -216,7 +216,7 @@ def test_controller_drafts_where_drafting_pays_and_stops_where_it_does_not(engin
       K = 0 wherever it has decided.
     """
     llm = _engine(engines, default_model, SELF_SKIP)
-    controller = ControllerSettings(warmup_steps=4, explore_every=32, decision_steps=4)  # short requests
+    controller = ControllerSettings(warmup_steps=4, explore_every=64, decision_steps=4)  # short requests
     try:
         for target_delay_s, draft_delay_s, drafting_pays in ((0.04, 0.0, True), (0.0, 0.04, False)):
             llm.collective_rpc("selfspec_delay_target_forward", args=(target_delay_s,))
@@ -229,11 +229,9 @@ def test_controller_drafts_where_drafting_pays_and_stops_where_it_does_not(engin
             drafting_share = sum(k > 0 for k in singles) / len(singles)
             if drafting_pays:
                 assert record["incumbents"]["batch 1"] >= 1, record["summary"]
-                # After the warm-up (K = 0, 1, ... 4 steps each) and the side-by-side trial that
-                # adopts drafting (half its steps K = 0), only explorations leave the chosen K.
-                settled = singles[len(singles) // 2:]
-                settled_share = sum(k > 0 for k in settled) / len(settled)
-                assert settled_share > 0.8, (settled_share, drafting_share, record["summary"])
+                # About 70 batch-1 steps: the warm-up's K = 0 steps, half of the trial that adopts
+                # drafting and a K = 0 exploration come to about 15 (share about 0.78).
+                assert drafting_share > 0.6, (drafting_share, record["summary"])
                 assert run.spec.drafts > 0 and run.spec.accepted_tokens > 0, run.spec
             else:
                 # Every batch size it has decided for (those still warming up have not) chose K = 0.
