@@ -89,25 +89,20 @@ def main(argv: list[str] | None = None) -> int:
             write_tiny_model(args.architecture, folder, prepare_default_model())
         print(folder)
         return 0
-    if args.command == "bench":
+    commands_with_checked_options = {
+        "bench": bench_module.run_bench,
+        "bench-controller": bench_controller_module.run_bench_controller,
+        "tune": tune_module.run_tune,
+    }
+    if args.command in commands_with_checked_options:
         try:
-            return bench_module.run_bench(args)
+            return commands_with_checked_options[args.command](args)
         except OptionError as error:
-            parser.exit(2, f"vllm-selfspec bench: error: {error}\n")
-    if args.command == "bench-controller":
-        try:
-            return bench_controller_module.run_bench_controller(args)
-        except OptionError as error:
-            parser.exit(2, f"vllm-selfspec bench-controller: error: {error}\n")
+            parser.exit(2, f"vllm-selfspec {args.command}: error: {error}\n")
     if args.command == "doctor":
         return doctor_module.run_doctor(args)
     if args.command == "evaluate":
         return evaluate_module.run_evaluate(args)
-    if args.command == "tune":
-        try:
-            return tune_module.run_tune(args)
-        except OptionError as error:
-            parser.exit(2, f"vllm-selfspec tune: error: {error}\n")
     return demo_module.run_demo(args)
 
 
