@@ -12,10 +12,9 @@ bfloat16: plain vLLM itself is not batch-invariant, so every divergence must sit
 a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON); batched
 here in ``make test-extended``, over HTTP in test_server.py.
 
-These run with enforce_eager. vLLM's default mode (torch.compile, the mode users run)
-gets one test with every mechanism on and the aggressive skip set (``make
-test-extended``): a compiled engine starts in over three minutes here, and every
-switch of skip set or draft head compiles the draft again.
+These run with enforce_eager, except one: vLLM's default mode (the draft compiled by
+vLLM, the mode users run) with every mechanism on and the aggressive skip set, then
+after a switch of skip set, which compiles the draft again.
 
 Engines come from the session's pool: one self_skip engine per dtype, its draft
 switched in place (``switch_draft``) between tests.
@@ -84,23 +83,21 @@ def _assert_identical(reference, run, name=""):
 
 
 def _draft_compilation(worker) -> dict:
-    """Whether the draft's forward is wrapped by torch.compile, and how many graphs dynamo holds for it."""
-    import torch
+    """Whether vLLM compiles the draft, and whether its one graph has been traced."""
+    from vllm_selfspec.glue.draft_compilation import is_compiled
 
     draft = worker.model_runner.drafter.model
-    entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(type(draft).forward.__code__)
-    return {"wrapped": hasattr(draft.forward, "_torchdynamo_orig_callable"), "graphs": len(entries)}
+    return {"vllm_compiled": is_compiled(draft), "traced": bool(getattr(draft, "compiled", False))}
 
 
-@pytest.mark.extended
 def test_compiled_float32_identical_with_every_mechanism_on(engines, default_model):
-    """vLLM's default mode: the draft is compiled, and output stays identical.
+    """vLLM's default mode: vLLM compiles the draft, and output stays identical.
 
     The aggressive skip set with the cheap draft head and adaptive exit, K=8 held: the
-    engine's start-up configuration, so the draft compiles once. Two compiled engines
-    start in about 12 minutes here, so this runs in ``make test-extended``, not in CI.
-    First in the file, so that the eager engines the later tests and test_sampling.py
-    share stay in the pool.
+    engine's start-up configuration, compiled in vLLM's profiling run. Then a switch to
+    the mild skip set with the full head (``tune``'s and ``evaluate``'s path): a second
+    graph, compiled at the switch. First in the file, so that the eager engines the
+    later tests and test_sampling.py share stay in the pool.
     """
     plain = _plain_run(engines, default_model, mode="compiled")
     llm = _engine(engines, default_model, {**SELF_SKIP, **AGGRESSIVE}, mode="compiled")
@@ -108,8 +105,13 @@ def test_compiled_float32_identical_with_every_mechanism_on(engines, default_mod
     _assert_identical(plain, run, "compiled")
     assert run.spec.drafts > 0 and 0 < run.spec.accepted_tokens < run.spec.draft_tokens, run.spec
     assert run.spec.draft_tokens < MAX_K * run.spec.drafts, run.spec  # adaptive exit ended drafts early
-    compiled = llm.collective_rpc(_draft_compilation)[0]
-    assert compiled["wrapped"] and compiled["graphs"] >= 1, compiled
+    assert llm.collective_rpc(_draft_compilation)[0] == {"vllm_compiled": True, "traced": True}
+
+    switch_draft(llm, **MILD, num_speculative_tokens=4)
+    assert llm.collective_rpc(_draft_compilation)[0] == {"vllm_compiled": True, "traced": True}
+    switched = greedy_run(llm)
+    _assert_identical(plain, switched, "compiled, switched")
+    assert switched.spec.drafts > 0 and switched.spec.accepted_tokens > 0, switched.spec
 
 
 @pytest.mark.extended

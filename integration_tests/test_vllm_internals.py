@@ -18,15 +18,19 @@ import pytest
 PROPOSER_METHODS = (
     "_determine_batch_execution_and_padding", "_update_positions_dependent_metadata",
     "build_per_group_and_layer_attn_metadata", "_get_slot_mapping", "_get_positions", "_greedy_sample",
-    "initialize_cudagraph_keys", "take_last_draft_probs", "validate_same_kv_cache_group",
+    "take_last_draft_probs", "validate_same_kv_cache_group", "dummy_run",
 )
 """Methods of ``DraftModelProposer`` (and its bases) that ``SelfSkipProposer`` calls or overrides."""
 PROPOSER_ATTRIBUTES = (
     "_enable_probabilistic_draft_probs", "_last_draft_probs", "arange", "token_arange_np", "input_ids",
     "use_fp64_gumbel", "supports_mm_inputs", "speculative_config", "block_size", "num_speculative_tokens",
-    "model", "device", "vllm_config",
+    "model", "device", "vllm_config", "cudagraph_dispatcher", "max_num_tokens",
 )
 """Attributes the base proposer sets in ``__init__`` and ``SelfSkipProposer`` reads or sets."""
+DISPATCHER_MEMBERS = ("initialize_cudagraph_keys", "get_capture_descs", "cudagraph_mode")
+"""The draft's ``CudagraphDispatcher``: turned to NONE when a capture fails or the draft is switched."""
+COMPILED_MODEL_ATTRIBUTES = ("do_not_compile", "compiled")
+"""Set on a ``@support_torch_compile`` model: whether vLLM compiles it, and whether it has been traced."""
 INPUT_BATCH_ATTRIBUTES = ("spec_token_ids", "num_reqs", "req_ids")
 """The runner's ``InputBatch``: the spec tokens scheduled per row feed adaptive exit's drafted count."""
 DATACLASS_FIELDS = {
@@ -43,7 +47,10 @@ MODULE_MEMBERS = {
     ),
     "vllm.v1.spec_decode.draft_model": ("DraftModelProposer",),
     "vllm.forward_context": ("set_forward_context",),
-    "vllm.config": ("get_layers_from_vllm_config", "CUDAGraphMode", "CompilationMode"),
+    "vllm.config": ("get_layers_from_vllm_config", "CUDAGraphMode", "CompilationMode", "set_current_vllm_config"),
+    "vllm.compilation.backends": ("set_model_tag",),
+    "vllm.compilation.decorators": ("support_torch_compile",),
+    "vllm.utils.hashing": ("safe_hash",),
 }
 LOGITS_PROCESSOR_ATTRIBUTES = ("org_vocab_size", "soft_cap", "scale")
 """Read by the cheap draft head, which scales its logits as the target's LM head does."""
@@ -86,6 +93,17 @@ def test_runner_batch_and_logits_processor_members():
     assert _missing(("_model_forward", "execute_model"), lambda n: callable(getattr(GPUModelRunner, n, None))) == []
     assert _missing(INPUT_BATCH_ATTRIBUTES, lambda n: _assigned_in(InputBatch, n)) == []
     assert _missing(LOGITS_PROCESSOR_ATTRIBUTES, lambda n: _assigned_in(LogitsProcessor, n)) == []
+
+
+def test_cuda_graph_dispatcher_and_compiled_model_members():
+    import vllm.compilation.decorators as decorators
+    from vllm.v1.cudagraph_dispatcher import CudagraphDispatcher
+
+    assert _missing(DISPATCHER_MEMBERS,
+                    lambda n: hasattr(CudagraphDispatcher, n) or _assigned_in(CudagraphDispatcher, n)) == []
+    # Set by the decorator's generated __init__ and __call__, in its module's source.
+    source = inspect.getsource(decorators)
+    assert _missing(COMPILED_MODEL_ATTRIBUTES, lambda n: f"self.{n} =" in source) == []
 
 
 @pytest.mark.parametrize("qualified", sorted(DATACLASS_FIELDS))

@@ -9,6 +9,8 @@ profiles store. Adding an option touches this file, the resolution, and the prop
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 
 from vllm_selfspec.core.adaptive_exit import DEFAULT_TARGET_ACCEPTANCE
@@ -74,6 +76,11 @@ class DraftSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """Whether the schedule asks for no drafts at any batch size."""
         schedule = self.num_speculative_tokens_per_batch_size
         return schedule is not None and all(k == 0 for _, _, k in schedule)
+
+    def graph_digest(self) -> str:
+        """A short digest of what shapes the draft's compiled graph: the skip set and the draft head."""
+        text = f"{sorted(self.skip_attn)}|{sorted(self.skip_mlp)}|{list(self.draft_vocab)}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def replace(self, **changes) -> DraftSettings:
         """A copy with ``changes`` applied."""

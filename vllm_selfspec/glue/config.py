@@ -9,6 +9,7 @@ import vllm.envs as envs
 from vllm.config.speculative import SpeculativeConfig, SpeculativeMethod
 from vllm.config.utils import config
 from vllm.logger import init_logger
+from vllm.utils.hashing import safe_hash
 
 from vllm_selfspec.core.draft_settings import DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.resolve import resolve_self_skip
@@ -116,6 +117,15 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
             draft.describe_head_and_exit(),
             self.skip_source,
         )
+
+    def compute_hash(self) -> str:
+        """vLLM's hash, plus what shapes the draft's graph (skip set, draft head).
+
+        vLLM keys its compile caches on the config hash, so each skip set's compiled
+        draft is cached apart.
+        """
+        return safe_hash(f"{super().compute_hash()}|{self.draft.graph_digest()}".encode(),
+                         usedforsecurity=False).hexdigest()
 
     def skip_set(self) -> SkipSet:
         """The resolved skip set."""

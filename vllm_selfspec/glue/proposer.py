@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import time
 
 import torch
 from torch import nn
-from vllm.config import CompilationMode, CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
+from vllm.config import CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
 from vllm.distributed import get_tp_group
 from vllm.forward_context import set_forward_context
 from vllm.logger import init_logger
@@ -29,7 +30,7 @@ from vllm_selfspec.core.draft_length_controller import DraftLengthController
 from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.core.ranks import check_ranks_agree
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
-from vllm_selfspec.glue.draft_model import LayerSkipDraftModel
+from vllm_selfspec.glue.draft_compilation import build_draft_model, compilation_description, is_compiled
 from vllm_selfspec.glue.identity import mixed_attention_error
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
@@ -108,6 +109,8 @@ class SelfSkipProposer(DraftModelProposer):
         self.draft_length_history: collections.deque[tuple[int, int]] = collections.deque(maxlen=DRAFT_LENGTH_HISTORY)
         """Each step's batch size and the K the controller chose (controller on only)."""
         self._target_model: nn.Module | None = None
+        self._no_draft_cuda_graphs_reason = ""
+        """Why the draft runs without the CUDA graphs vLLM's dispatcher would give it (empty: it does not)."""
         self._runner = runner
         logger.info(
             "self_skip proposer on %s (vLLM V1 model runner): %s",
@@ -135,16 +138,9 @@ class SelfSkipProposer(DraftModelProposer):
         }
 
     def _build_draft_model(self) -> None:
-        """(Re)build ``self.model`` over the target for the current skip set and draft head."""
-        self.model = LayerSkipDraftModel(self._target_model, self.skip_set, self.draft_vocab)
-        if (
-            self.vllm_config.compilation_config.mode != CompilationMode.NONE
-            and not self.speculative_config.enforce_eager
-        ):
-            # The target is compiled, so its custom ops run as plain PyTorch; compile
-            # the draft too (one graph per skip set, dynamic in the batch size).
-            self.model.forward = torch.compile(self.model.forward, dynamic=True)
-            logger.info("self_skip draft compiled with torch.compile (dynamic batch size)")
+        """(Re)build ``self.model`` over the target for the current settings (compiled by vLLM at its first call)."""
+        self.model = build_draft_model(self.vllm_config, self._target_model, self.settings, self.skip_set)
+        logger.info("self_skip draft: %s", compilation_description(self.vllm_config, self.model))
         if self.draft_vocab:
             logger.info(
                 "self_skip draft head over %d of %d tokens (%.1f MiB of copied LM-head rows)",
@@ -177,6 +173,24 @@ class SelfSkipProposer(DraftModelProposer):
         self.draft_length_history.clear()
         if rebuild:
             self._build_draft_model()
+            self._compile_switched_draft()
+
+    def _compile_switched_draft(self) -> None:
+        """Compile a draft switched in at run time, as vLLM's profiling run compiles the first one.
+
+        The first call traces the graph, with the batch dimension dynamic; making it the
+        dummy batch of :meth:`dummy_run` (as at start-up) keeps it from being a batch of
+        one, whose size the trace would fix. CUDA graphs captured at
+        start-up belong to the first draft's compiled pieces, and vLLM captures only
+        at start-up, so a switched draft runs without them.
+        """
+        if self.cudagraph_dispatcher.cudagraph_mode != CUDAGraphMode.NONE:
+            self._turn_off_draft_cuda_graphs("the draft was switched at run time (tune, evaluate); "
+                                             "vLLM captures CUDA graphs only at start-up")
+        if is_compiled(self.model):
+            num_tokens = self._dummy_batch_size(self.max_num_tokens)
+            with torch.inference_mode(), set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
+                self.model(input_ids=self.input_ids[:num_tokens], positions=self._get_positions(num_tokens))
 
     def draft_plan(self) -> str:
         """What this rank's draft will run: plugin version, skip set and draft length."""
@@ -217,21 +231,65 @@ class SelfSkipProposer(DraftModelProposer):
         compilation = self.vllm_config.compilation_config
         layers = get_layers_from_vllm_config(self.vllm_config, AttentionLayerBase)  # type: ignore[type-abstract]
         backend = next(iter(layers.values())).get_attn_backend().get_name() if layers else "none"
-        draft_compiled = hasattr(self.model.forward, "_torchdynamo_orig_callable")
         on_gpu = self.device.type == "cuda"
         return {
             "model_runner": type(self._runner).__name__ if self._runner is not None else "none",
             "attention_backend": backend,
             "target_compilation": f"{compilation.mode.name}, CUDA graphs {compilation.cudagraph_mode.name}"
             if on_gpu else f"{compilation.mode.name} (no CUDA graphs on {self.device.type})",
-            "draft_compilation": "torch.compile (dynamic batch size)" if draft_compiled else "eager",
-            "draft_cuda_graphs": "none: this self_skip version runs its draft without CUDA graphs"
-            if on_gpu else f"none: {self.device.type} has no CUDA graphs",
+            "draft_compilation": compilation_description(self.vllm_config, self.model),
+            "draft_cuda_graphs": self._draft_cuda_graphs(),
         }
 
-    def initialize_cudagraph_keys(self, cudagraph_mode: CUDAGraphMode) -> None:
-        """No CUDA graphs for the draft: its graph is not captured with the target's."""
-        super().initialize_cudagraph_keys(CUDAGraphMode.NONE)
+    def dummy_run(self, num_tokens: int, use_cudagraphs: bool = True, is_graph_capturing: bool = False,
+                  slot_mappings=None) -> None:
+        """vLLM's dummy run of the draft (profiling, first compilation, CUDA-graph capture), made cheaper.
+
+        Outside a capture it runs one draft step, not K, over at most ``max_num_seqs``
+        tokens: every step runs the same graph on the same shapes, and a draft step
+        feeds one token per request. A failed capture of the draft's graphs turns them
+        off with a WARNING instead of stopping the engine.
+        """
+        if not is_graph_capturing:
+            with self._draft_steps_held_at(1):
+                return super().dummy_run(self._dummy_batch_size(num_tokens), use_cudagraphs, False, slot_mappings)
+        try:
+            return super().dummy_run(num_tokens, use_cudagraphs, is_graph_capturing, slot_mappings)
+        except Exception as error:  # noqa: BLE001 - any capture failure: run the draft without graphs
+            if not use_cudagraphs:
+                raise
+            self._turn_off_draft_cuda_graphs(f"capturing them failed: {type(error).__name__}: {error}")
+            return super().dummy_run(num_tokens, False, is_graph_capturing, slot_mappings)
+
+    def _dummy_batch_size(self, num_tokens: int) -> int:
+        """The batch of a dummy draft step: the runner's, capped at the most requests a draft step feeds."""
+        return max(2, min(num_tokens, self.vllm_config.scheduler_config.max_num_seqs))
+
+    @contextlib.contextmanager
+    def _draft_steps_held_at(self, steps: int):
+        saved = self.num_speculative_tokens
+        self.num_speculative_tokens = steps
+        try:
+            yield
+        finally:
+            self.num_speculative_tokens = saved
+
+    def _turn_off_draft_cuda_graphs(self, reason: str) -> None:
+        self.cudagraph_dispatcher.initialize_cudagraph_keys(CUDAGraphMode.NONE)
+        self._no_draft_cuda_graphs_reason = reason
+        logger.warning("self_skip: the draft runs without CUDA graphs: %s", reason)
+
+    def _draft_cuda_graphs(self) -> str:
+        """The draft's CUDA-graph mode and capture sizes, or "none" and why."""
+        dispatcher = self.cudagraph_dispatcher
+        if self.device.type != "cuda":
+            return f"none: {self.device.type} has no CUDA graphs"
+        if self._no_draft_cuda_graphs_reason:
+            return f"none: {self._no_draft_cuda_graphs_reason}"
+        if dispatcher.cudagraph_mode == CUDAGraphMode.NONE:
+            return "none: the engine runs without CUDA graphs (enforce_eager or cudagraph_mode NONE)"
+        sizes = sorted({desc.num_tokens for _, descs in dispatcher.get_capture_descs() for desc in descs})
+        return f"{dispatcher.cudagraph_mode.name}, capture sizes {sizes}"
 
     @torch.inference_mode()
     def propose(
@@ -285,7 +343,7 @@ class SelfSkipProposer(DraftModelProposer):
             is_prefilling=None,
             positions=None,
         )
-        _, input_batch_size, batch_size_across_dp = self._determine_batch_execution_and_padding(
+        cudagraph_mode, input_batch_size, batch_size_across_dp = self._determine_batch_execution_and_padding(
             batch_size
         )
 
@@ -308,7 +366,7 @@ class SelfSkipProposer(DraftModelProposer):
                 self.vllm_config,
                 num_tokens=input_batch_size,
                 num_tokens_across_dp=batch_size_across_dp,
-                cudagraph_runtime_mode=CUDAGraphMode.NONE,
+                cudagraph_runtime_mode=cudagraph_mode,
                 slot_mapping=self._get_slot_mapping(input_batch_size),
             ):
                 hidden_states = self.model(

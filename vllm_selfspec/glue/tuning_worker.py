@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.glue.host_reads import unwatch_propose, watch_propose
-from vllm_selfspec.glue.patches import PatchDynamoRecompileLimits
 
 
 class DraftSwitchingWorkerExtension:
@@ -18,7 +17,6 @@ class DraftSwitchingWorkerExtension:
 
     def selfspec_configure_draft(self, settings: dict) -> str:
         """Install new draft settings (a ``DraftSettings`` as plain data); return the draft plan."""
-        PatchDynamoRecompileLimits.apply()
         drafter = self.model_runner.drafter
         drafter.reconfigure(DraftSettings.from_builtins(settings))
         return drafter.draft_plan()
