@@ -175,7 +175,7 @@ def test_float32_greedy_identical(engines, default_model, plain_f32, k):
     # One skipped attention sublayer: most drafts are right (wrong ones, e.g. drafts
     # misplaced by a position, would still be lossless but rejected).
     assert run.spec.acceptance_rate > 0.5, run.spec
-    assert llm.collective_rpc(_draft_compilation)[0] == {"wrapped": False, "graphs": 0}
+    assert llm.collective_rpc(_draft_compilation)[0] == {"vllm_compiled": False, "traced": False}
 
 
 def test_float32_aggressive_skip_set_identical(engines, default_model, plain_f32):

@@ -8,9 +8,10 @@ from vllm_selfspec.tools.bench.command import BenchSettings, Row
 from vllm_selfspec.tools.bench.report import build_results, markdown
 
 ENGINES = {
-    "plain": {"shape": {"num_layers": 2, "attn_params": 10, "mlp_params": 30, "lm_head_params": 20},
+    "plain": {"shape": {"num_layers": 2, "attn_params": 10, "mlp_params": 30, "lm_head_params": 20, "hidden_size": 2},
               "speculative_config": None},
-    "self_skip": {"shape": {"num_layers": 2, "attn_params": 10, "mlp_params": 30, "lm_head_params": 20},
+    "self_skip": {"shape": {"num_layers": 2, "attn_params": 10, "mlp_params": 30, "lm_head_params": 20,
+                            "hidden_size": 2},
                   "speculative_config": {"method": "self_skip", "num_speculative_tokens": 2, "skip_attn": [1],
                                          "skip_mlp": [], "skip_source": "test"}},
 }
@@ -61,6 +62,12 @@ def test_speedups_speed_model_and_flags(tmp_path):
     assert bs1["draft_cost_ideal"] == pytest.approx(0.9)
     assert bs1["draft_forward_ratio"] == pytest.approx(0.75 * 0.003 / 0.0075)
     assert bs1["draft_outside_model_share"] == pytest.approx(0.25)
+
+    # With a cheap draft head over 2 of the 10 vocabulary rows, the head keeps 4 of its 20 weights.
+    head_engines = {**ENGINES, "self_skip": {**ENGINES["self_skip"], "speculative_config": {
+        **ENGINES["self_skip"]["speculative_config"], "draft_vocab_size": 2}}}
+    with_head = build_results([plain1, skip1], head_engines, _settings(tmp_path), MACHINE, 1.0)
+    assert with_head["rows"][1]["draft_cost_ideal"] == pytest.approx(0.9 - 16 / 100)
 
     bs8 = rows[("self_skip", 8)]
     assert bs8["identical_to_plain"] == 7

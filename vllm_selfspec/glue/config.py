@@ -111,6 +111,11 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
                 self.num_speculative_tokens_per_batch_size,
             )
         logger.info(
+            "self_skip runs without async scheduling: under it vLLM 0.32's scheduler books a fixed "
+            "number of placeholder drafts per request a step ahead, while self_skip's adaptive exit and "
+            "draft-length controller choose the number of drafts inside the draft step"
+        )
+        logger.info(
             "self_skip: K=%d, %s, %s (from %s)",
             draft.num_speculative_tokens,
             self.skip_set().describe(),

@@ -8,7 +8,7 @@ compile through. So the draft gets what the target gets:
   pieces vLLM's CUDA-graph wrapper captures and replays (the proposer's dispatcher
   picks the mode); on the CPU one Inductor graph, traced once;
 - no dynamo guards after the first trace, and the batch dimension dynamic, so the
-  first call (vLLM's profiling run, at the largest batch) compiles the only graph;
+  first call (vLLM's profiling run, a batch of ``max_num_seqs``) compiles the only graph;
 - vLLM's compile caches, kept apart per skip set by the model tag (the piecewise
   backend's cache folder) and by the config hash (the AOT cache key), both from
   :meth:`DraftSettings.graph_digest`.

@@ -1,7 +1,10 @@
 """``vllm-selfspec demo``: the same prompts through plain vLLM and through self_skip, side by side.
 
-Each engine decodes the prompts one request at a time (where self-speculation pays)
-and then as one batch (where the profile's batch-size schedule may turn drafting off).
+Engines: plain vLLM; self_skip as a user gets it (started only where the profile's
+batch-size schedule drafts at some batch size: otherwise vLLM runs it as plain vLLM,
+and the demo says so instead of starting a second plain engine); and self_skip with
+drafting held on at every batch size. Each decodes the prompts one request at a time
+(where self-speculation pays) and then as one batch.
 All engines stay up and are measured in alternating rounds, each round in a rotated
 order, so that neither a slow spell of the machine nor a place in the order favours one;
 each speed is printed as the median with the rounds' range.
@@ -21,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder (default: the prepared SmolLM2-135M-Instruct)")
     parser.add_argument("--prompts", default="chat", help="chat, summarization, humaneval or a file")
     parser.add_argument("--num-prompts", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", help="default: the model's own dtype; float32 on the CPU (exact token identity)")
     parser.add_argument("--eager", action="store_true", help="enforce_eager=True (no torch.compile)")
     parser.add_argument("--num-speculative-tokens", type=int, default=None)
@@ -41,6 +44,7 @@ def run_demo(args: argparse.Namespace) -> int:
         describe_draft,
         drafting_held_on,
         make_llm,
+        resolved_draft,
         median_and_range,
         release,
         timed_generate,
@@ -61,9 +65,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     dtype = args.dtype or default_dtype()
     llms = {"plain": make_llm(model, None, dtype=dtype, enforce_eager=args.eager)}
-    llms["self_skip"] = make_llm(model, spec, dtype=dtype, enforce_eager=args.eager)
-    # The third engine holds K at every batch size, to show the drafts themselves even
-    # where the profile's schedule turns drafting off.
+    as_user_gets_it = resolved_draft(llms["plain"], spec)
+    if not as_user_gets_it.never_drafts():
+        llms["self_skip"] = make_llm(model, spec, dtype=dtype, enforce_eager=args.eager)
+    # This engine holds K at every batch size, to show the drafts themselves even where
+    # the profile's schedule turns drafting off.
     llms["self_skip, drafting held on"] = make_llm(model, drafting_held_on(llms["plain"], spec), dtype=dtype,
                                                    enforce_eager=args.eager)
     engines = list(llms)
@@ -94,6 +100,10 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\nmodel {model}, dtype {dtype}, {'eager' if args.eager else 'compiled'}, greedy, "
           f"{len(questions)} prompts, max_tokens {args.max_tokens}, {args.rounds} alternating rounds "
           "(tok/s: median [lowest-highest round])")
+    if as_user_gets_it.never_drafts():
+        print("self_skip as a user gets it: the profile's schedule turns drafting off at every batch size "
+              "(where it was measured, drafting did not pay), so vLLM runs it as plain vLLM: the plain rows "
+              "below are its speed")
     for name in engines[1:]:
         print(f"{name}: {drafts[name]}")
     identical = total = 0

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from vllm import LLM, SamplingParams
 
+from vllm_selfspec.core.draft_settings import DraftSettings
+
 ENGINE_DEFAULTS = dict(seed=0, disable_log_stats=False)
 """Every tool's engines: a fixed seed, and stats on (vLLM's spec-decode counters need them)."""
 
@@ -118,12 +120,9 @@ def make_llm(model: str, speculative_config: dict | None = None, **overrides) ->
     return LLM(model=model, speculative_config=speculative_config, **kwargs)
 
 
-def drafting_held_on(plain: LLM, spec: dict) -> dict:
-    """``spec`` (a self_skip config) with drafting on at every batch size.
-
-    K is what self_skip resolves for this model (given K, profile or default), for the
-    context of the running ``plain`` engine; the profile's schedule is set aside.
-    """
+def resolved_draft(plain: LLM, spec: dict) -> DraftSettings:
+    """The draft settings ``spec`` (a self_skip config) resolves to for the running ``plain`` engine's
+    model: given options, else its profile, else the defaults."""
     from vllm_selfspec.core.draft_settings import SelfSkipOptions
     from vllm_selfspec.core.resolve import resolve_self_skip
     from vllm_selfspec.glue.identity import model_identity
@@ -131,7 +130,14 @@ def drafting_held_on(plain: LLM, spec: dict) -> dict:
     model_config = plain.llm_engine.vllm_config.model_config
     draft, _ = resolve_self_skip(model_identity(model_config), model_config.max_model_len,
                                  SelfSkipOptions.take_from(dict(spec)), spec.get("num_speculative_tokens"))
-    return {**spec, "num_speculative_tokens_per_batch_size": [[1, 1, draft.num_speculative_tokens]]}
+    return draft
+
+
+def drafting_held_on(plain: LLM, spec: dict) -> dict:
+    """``spec`` (a self_skip config) with drafting on at every batch size, at the K it resolves to;
+    the profile's schedule is set aside."""
+    k = resolved_draft(plain, spec).num_speculative_tokens
+    return {**spec, "num_speculative_tokens_per_batch_size": [[1, 1, k]]}
 
 
 def describe_draft(llm: LLM) -> str:

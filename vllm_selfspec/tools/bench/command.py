@@ -202,6 +202,7 @@ def run_method(method: str, settings: BenchSettings, log=print) -> tuple[list[Ro
         engine_info = {"speculative_config": None if config is None else {
             "method": config.method, "num_speculative_tokens": config.num_speculative_tokens,
             **({"skip_attn": list(config.draft.skip_attn), "skip_mlp": list(config.draft.skip_mlp),
+                "draft_vocab_size": len(config.draft.draft_vocab),
                 "skip_source": config.skip_source} if method == "self_skip" else {}),
         }}
         warm = _workload_prompts(llm, "chat", load_prompt_set("chat"), max(settings.batch_sizes))

@@ -38,7 +38,12 @@ def _ideal_draft_share(method: str, engine: dict) -> float | None:
     if method != "self_skip":
         return None
     attn, mlp = shape["attn_params"] / whole, shape["mlp_params"] / whole
-    return kept_compute_share(shape["num_layers"], spec["skip_attn"], spec["skip_mlp"], attn, mlp)
+    kept = kept_compute_share(shape["num_layers"], spec["skip_attn"], spec["skip_mlp"], attn, mlp)
+    # A cheap draft head scores draft_vocab_size rows of the LM head instead of all of them.
+    draft_head_rows = spec.get("draft_vocab_size", 0)
+    if draft_head_rows:
+        kept -= (shape["lm_head_params"] - draft_head_rows * shape["hidden_size"]) / whole
+    return kept
 
 
 def build_results(rows, engines: dict, settings, machine: dict, seconds: float) -> dict:

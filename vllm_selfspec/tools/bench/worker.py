@@ -119,12 +119,17 @@ class BenchWorkerExtension:
         return totals
 
     def selfspec_model_shape(self) -> dict:
-        """Parameter counts that set a forward's compute: one attention and one MLP sublayer, the LM head."""
-        model = self.model_runner.get_model()
-        layers = model.model.layers
+        """Weights that set a forward's compute, from the model's config: one attention and one MLP
+        sublayer (a gated MLP), the LM head. (The loaded modules may not show them: on the CPU vLLM
+        repacks linear weights into buffers that are not parameters.)"""
+        config = self.model_runner.model_config.hf_text_config
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
         return {
-            "num_layers": len(layers),
-            "attn_params": sum(p.numel() for p in layers[0].self_attn.parameters()),
-            "mlp_params": sum(p.numel() for p in layers[0].mlp.parameters()),
-            "lm_head_params": model.lm_head.weight.numel(),
+            "num_layers": config.num_hidden_layers,
+            "attn_params": 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim,
+            "mlp_params": 3 * hidden * config.intermediate_size,
+            "lm_head_params": config.vocab_size * hidden,
+            "hidden_size": hidden,
         }
