@@ -224,7 +224,7 @@ class DraftTuner:
         from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, timed_generate
 
         self.configure(candidate)
-        timed_generate(self.llm, self.prompts[:1], self.params)  # warm-up: compiles a new draft graph
+        timed_generate(self.llm, self.prompts[:1], self.params)  # warm-up (the switch compiled the draft)
         before = SpecDecodeCounts.read(self.llm)
         tokens, seconds = 0, 0.0
         for step, prompt in enumerate(self.prompts):
