@@ -115,11 +115,12 @@ def test_compiled_float32_identical_with_every_mechanism_on(engines, default_mod
 
 
 @pytest.mark.extended
-def test_bfloat16_divergences_are_near_ties(engines, default_model):
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_bfloat16_divergences_are_near_ties(engines, default_model, mode):
     """The shipped profile (cheap head, adaptive exit) with K=4 held, against plain bfloat16,
-    16 prompts batched. In ``make test-extended``: ``make test`` checks the same rule over
-    HTTP (test_server.py), one request at a time and streamed."""
-    engine = dict(dtype="bfloat16", **COMPILATION_MODES["eager"])
+    16 prompts batched, in each mode. In ``make test-extended``: ``make test`` checks the same
+    rule over HTTP (test_server.py), one request at a time and streamed."""
+    engine = dict(dtype="bfloat16", **COMPILATION_MODES[mode])
     ref = greedy_run(engines.get(default_model, None, **engine), singles=0, logprobs=2)
     spec = {"method": "self_skip", "num_speculative_tokens": 4, "num_speculative_tokens_per_batch_size": [[1, 1, 4]]}
     run = greedy_run(engines.get(default_model, spec, **engine), singles=0)

@@ -40,7 +40,7 @@ import torch
 from scipy.stats import chi2, norm
 from vllm import SamplingParams
 
-from integration_tests.helpers import QUICK_CONTROLLER, draft_lengths, switch_draft
+from integration_tests.helpers import COMPILATION_MODES, QUICK_CONTROLLER, draft_lengths, switch_draft
 from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts
 
 pytestmark = pytest.mark.engine
@@ -64,6 +64,7 @@ MIDDLE_SKIP = {"skip_attn": [10, 14, 18, 22], "skip_mlp": [16]}
 PLAIN_ENGINE = dict(dtype="float32", max_logprobs=50, enforce_eager=True)
 """Shared with test_lossless.py's plain float32 eager engine."""
 SELF_SKIP_ENGINE = dict(dtype="float32", enforce_eager=True)
+COMPILED_SELF_SKIP_ENGINE = dict(dtype="float32", **COMPILATION_MODES["compiled"])
 
 
 def _self_skip_spec(draft_sample_method: str) -> dict:
@@ -185,11 +186,15 @@ def prompts(engines, default_model):
     return chat_prompts(engines.get(default_model, None, **PLAIN_ENGINE), QUESTIONS)
 
 
-@pytest.mark.parametrize("draft_sample_method, head", [("greedy", HEADS[0]), ("probabilistic", HEADS[2])],
-                         ids=lambda value: value)
+@pytest.mark.parametrize("draft_sample_method, head, engine", [
+    ("greedy", HEADS[0], "eager"), ("probabilistic", HEADS[2], "eager"),
+    # vLLM's default mode, every mechanism on; in make test-extended (one more engine).
+    pytest.param("probabilistic", HEADS[2], "compiled", marks=pytest.mark.extended),
+], ids=lambda value: value)
 def test_sampled_tokens_follow_the_target_distribution(engines, default_model, plain, prompts,
-                                                       draft_sample_method, head):
-    llm = engines.get(default_model, _self_skip_spec(draft_sample_method), **SELF_SKIP_ENGINE)
+                                                       draft_sample_method, head, engine):
+    llm = engines.get(default_model, _self_skip_spec(draft_sample_method),
+                      **(SELF_SKIP_ENGINE if engine == "eager" else COMPILED_SELF_SKIP_ENGINE))
     _configure(llm, head)
     prompt_ids, samples, spec = _sample(llm, prompts)
     # Both branches of rejection sampling ran: accepted drafts, and rejected ones replaced

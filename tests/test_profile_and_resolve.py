@@ -126,3 +126,17 @@ def test_unknown_options_get_a_suggestion():
     reject_unknown_options({"skip_attn": [1], "method": "self_skip"}, {"method"})
     with pytest.raises(SelfSkipConfigError, match="'skip_atn'.*did you mean 'skip_attn'"):
         reject_unknown_options({"skip_atn": [1]}, {"method"})
+
+
+def test_graph_digest_names_what_shapes_the_draft_graph():
+    """vLLM's compile caches are keyed through it: one digest per skip set and draft head."""
+    base = DraftSettings(skip_attn=(1, 3), skip_mlp=(2,), num_speculative_tokens=4)
+    digest = base.graph_digest()
+    # The same graph: order of indices, K, exit rule and schedule do not shape it.
+    assert base.replace(skip_attn=(3, 1)).graph_digest() == digest
+    assert base.replace(num_speculative_tokens=2, adaptive_exit=True,
+                        num_speculative_tokens_per_batch_size=((1, 4, 2),)).graph_digest() == digest
+    # Another graph: another skip set or draft head.
+    others = [base.replace(skip_attn=(1,)), base.replace(skip_mlp=()), base.replace(skip_mlp=(1,)),
+              base.replace(skip_attn=(1, 2), skip_mlp=(3,)), base.replace(draft_vocab=(5, 7))]
+    assert len({digest, *(other.graph_digest() for other in others)}) == len(others) + 1

@@ -44,9 +44,9 @@ def run_demo(args: argparse.Namespace) -> int:
         describe_draft,
         drafting_held_on,
         make_llm,
-        resolved_draft,
         median_and_range,
         release,
+        resolved_draft,
         timed_generate,
         timed_workload,
     )
