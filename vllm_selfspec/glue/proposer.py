@@ -188,9 +188,8 @@ class SelfSkipProposer(DraftModelProposer):
             self._turn_off_draft_cuda_graphs("the draft was switched at run time (tune, evaluate); "
                                              "vLLM captures CUDA graphs only at start-up")
         if is_compiled(self.model):
-            num_tokens = self._dummy_batch_size(self.max_num_tokens)
-            with torch.inference_mode(), set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
-                self.model(input_ids=self.input_ids[:num_tokens], positions=self._get_positions(num_tokens))
+            with torch.inference_mode():
+                self.dummy_run(self.max_num_tokens, use_cudagraphs=False)
 
     def draft_plan(self) -> str:
         """What this rank's draft will run: plugin version, skip set and draft length."""
