@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from vllm_selfspec.glue.identity import model_identity
+
 
 class BenchWorkerExtension:
     """Per-step timers, read and reset by the bench around every ``generate`` call."""
@@ -122,14 +124,13 @@ class BenchWorkerExtension:
         """Weights that set a forward's compute, from the model's config: one attention and one MLP
         sublayer (a gated MLP), the LM head. (The loaded modules may not show them: on the CPU vLLM
         repacks linear weights into buffers that are not parameters.)"""
-        config = self.model_runner.model_config.hf_text_config
-        hidden, heads = config.hidden_size, config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or hidden // heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        model = model_identity(self.model_runner.model_config)
+        hidden, heads = model.hidden_size, model.num_attention_heads
+        head_dim = getattr(self.model_runner.model_config.hf_text_config, "head_dim", None) or hidden // heads
         return {
-            "num_layers": config.num_hidden_layers,
-            "attn_params": 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim,
-            "mlp_params": 3 * hidden * config.intermediate_size,
-            "lm_head_params": config.vocab_size * hidden,
+            "num_layers": model.num_layers,
+            "attn_params": 2 * hidden * heads * head_dim + 2 * hidden * model.num_kv_heads * head_dim,
+            "mlp_params": 3 * hidden * model.intermediate_size,
+            "lm_head_params": model.vocab_size * hidden,
             "hidden_size": hidden,
         }
