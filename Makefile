@@ -1,8 +1,9 @@
 # Two commands do everything on a fresh machine:
 #   make demo   plain vLLM against self_skip on the embedded default model
 #   make test   the test suite (what .ci/run runs)
-# Both build the environment first (`make setup`): .venv/ with the CPU build of
-# vLLM, this package, and the converted SmolLM2-135M-Instruct.
+# `make demo` builds the environment first (`make setup`): .venv/ with the CPU build of
+# vLLM, this package with its tools' extras, and the converted SmolLM2-135M-Instruct.
+# The test targets add the test extras on top (`make setup-dev`: pytest, Ray, ...).
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,15 +17,16 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 PARALLEL := -n $(TEST_WORKERS) --no-loadscope-reorder
 
-.PHONY: setup demo test test-extended test-fast mutants clean
+.PHONY: setup setup-dev demo test test-extended test-fast mutants clean
 
 setup: $(VENV)/.setup-done
+
+setup-dev: $(VENV)/.dev-setup-done
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_PKG)" "$(VLLM_PKG)"
-	$(PY) -m pip install --quiet -e ".[test,tune,bench,prepare]"
+	$(PY) -m pip install --quiet "$(TORCH_PKG)" "$(VLLM_PKG)" -e ".[tune,bench,prepare]"
 	# PyPI's torchvision/torchaudio break `import vllm` beside the CPU torch
 	# ("operator torchvision::nms does not exist"); vLLM runs without them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
@@ -32,21 +34,26 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(VENV)/bin/vllm-selfspec prepare-model
 	touch $@
 
+# The test extras (Ray, pytest, ...) are large, and `make demo` does not need them.
+$(VENV)/.dev-setup-done: $(VENV)/.setup-done
+	$(PY) -m pip install --quiet -e ".[test,tune,bench,prepare]"
+	touch $@
+
 demo: setup
 	$(VENV)/bin/vllm-selfspec demo
 
-test: setup
+test: setup-dev
 	$(PY) -m pytest tests integration_tests -m "not extended" $(PARALLEL) $(PYTEST_ARGS)
 
 # The long tests CI leaves out (compiled-mode lossless, tune's Ctrl-C, bench, evaluate).
-test-extended: setup
+test-extended: setup-dev
 	$(PY) -m pytest integration_tests -m extended $(PARALLEL) $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup-dev
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # Not part of `make test`: runs the catching tests once per deliberately broken plugin.
-mutants: setup
+mutants: setup-dev
 	$(PY) -m integration_tests.mutants
 
 clean:

@@ -3,8 +3,8 @@
 Engines: plain vLLM; self_skip as a user gets it (started only where the profile's
 batch-size schedule drafts at some batch size: otherwise vLLM runs it as plain vLLM,
 and the demo says so instead of starting a second plain engine); and self_skip with
-drafting held on at every batch size. Each decodes the prompts one request at a time
-(where self-speculation pays) and then as one batch.
+drafting held on at every batch size. Each decodes the first prompts one request at a
+time (where self-speculation pays) and then all of them as one batch.
 All engines stay up and are measured in alternating rounds, each round in a rotated
 order, so that neither a slow spell of the machine nor a place in the order favours one;
 each speed is printed as the median with the rounds' range.
@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options."""
     parser.add_argument("--model", help="model folder (default: the prepared SmolLM2-135M-Instruct)")
     parser.add_argument("--prompts", default="chat", help="chat, summarization, humaneval or a file")
-    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--num-prompts", type=int, default=8, help="prompts in the batch (default 8)")
+    parser.add_argument("--num-single-prompts", type=int, default=4,
+                        help="of those, the first N also run one request at a time (default 4)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", help="default: the model's own dtype; float32 on the CPU (exact token identity)")
     parser.add_argument("--eager", action="store_true", help="enforce_eager=True (no torch.compile)")
@@ -52,8 +54,13 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     from vllm_selfspec.tools.model_prep import prepare_default_model
 
-    if args.rounds < 1:
-        raise SystemExit(f"vllm-selfspec demo: error: --rounds: must be at least 1, got {args.rounds}")
+    for option, value in (("--rounds", args.rounds), ("--num-prompts", args.num_prompts),
+                          ("--num-single-prompts", args.num_single_prompts)):
+        if value < 1:
+            raise SystemExit(f"vllm-selfspec demo: error: {option}: must be at least 1, got {value}")
+    if args.num_single_prompts > args.num_prompts:
+        raise SystemExit(f"vllm-selfspec demo: error: --num-single-prompts: must not exceed --num-prompts "
+                         f"({args.num_prompts}), got {args.num_single_prompts}")
     model = args.model or str(prepare_default_model())
     spec: dict = {"method": "self_skip"}
     if args.num_speculative_tokens is not None:
@@ -74,7 +81,9 @@ def run_demo(args: argparse.Namespace) -> int:
                                                    enforce_eager=args.eager)
     engines = list(llms)
     prompts = chat_prompts(llms["plain"], questions)
-    labels = ("one at a time", f"batch of {len(prompts)}")
+    singles = prompts[: args.num_single_prompts]
+    labels = (f"one at a time ({len(singles)} prompts)", f"batch of {len(prompts)}")
+    prompt_counts = dict(zip(labels, (len(singles), len(prompts))))
     # rounds[name][label]: one (runs, counts) per round
     rounds: dict[str, dict[str, list]] = {name: {label: [] for label in labels} for name in engines}
     drafts = {name: describe_draft(llms[name]) for name in engines[1:]}
@@ -86,8 +95,8 @@ def run_demo(args: argparse.Namespace) -> int:
             for name in engines[shift:] + engines[:shift]:
                 llm = llms[name]
                 before = SpecDecodeCounts.read(llm)
-                singles = timed_workload(llm, prompts, params, 1)
-                rounds[name][labels[0]].append((singles, SpecDecodeCounts.read(llm).minus(before)))
+                runs = timed_workload(llm, singles, params, 1)
+                rounds[name][labels[0]].append((runs, SpecDecodeCounts.read(llm).minus(before)))
                 batch = timed_generate(llm, prompts, params)
                 rounds[name][labels[1]].append(([batch], batch.spec))
     finally:
@@ -117,10 +126,11 @@ def run_demo(args: argparse.Namespace) -> int:
             for (runs, _), (plain_runs, _) in zip(rounds[name][label], rounds["plain"][label]):
                 outputs = [t for run in runs for t in run.token_ids]
                 same += sum(a == b for a, b in zip(outputs, [t for run in plain_runs for t in run.token_ids]))
-            identical, total = identical + same, total + len(questions) * args.rounds
+            runs_total = prompt_counts[label] * args.rounds
+            identical, total = identical + same, total + runs_total
             counts = functools.reduce(SpecDecodeCounts.plus, [c for _, c in rounds[name][label]])
             print(f"  {name}: {median_and_range(rates)} ({ratio:.3f}x plain's median), outputs identical "
-                  f"{same}/{len(questions) * args.rounds}, accepted {counts.accepted_tokens}/{counts.draft_tokens} "
+                  f"{same}/{runs_total}, accepted {counts.accepted_tokens}/{counts.draft_tokens} "
                   f"draft tokens ({counts.acceptance_rate:.1%}), {counts.mean_acceptance_length:.2f} tokens per step")
     print(f"outputs identical to plain vLLM: {identical}/{total}")
     return 0 if identical == total else 1
