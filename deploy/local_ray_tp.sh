@@ -9,7 +9,7 @@
 # *logical* Ray "GPU" slots declared below; nothing runs on a GPU. Never set it on GPUs
 # (it refuses to activate there anyway). The tiny model's outputs are meaningless.
 #
-# Usage: deploy/local_ray_tp.sh            (needs the package installed: make setup)
+# Usage: deploy/local_ray_tp.sh            (needs the package and Ray installed: make setup-dev)
 # Env:   PORT (8765), RAY_PORT (6390), KEEP_DIR=1 keeps the work folder and logs.
 # Note:  `ray stop` at the end stops every Ray process of this user on this machine.
 set -euo pipefail
