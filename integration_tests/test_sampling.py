@@ -63,8 +63,7 @@ K = 3
 MIDDLE_SKIP = {"skip_attn": [10, 14, 18, 22], "skip_mlp": [16]}
 PLAIN_ENGINE = dict(dtype="float32", max_logprobs=50, enforce_eager=True)
 """Shared with test_lossless.py's plain float32 eager engine."""
-SELF_SKIP_ENGINE = dict(dtype="float32", enforce_eager=True)
-COMPILED_SELF_SKIP_ENGINE = dict(dtype="float32", **COMPILATION_MODES["compiled"])
+SELF_SKIP_ENGINE = dict(dtype="float32", **COMPILATION_MODES["eager"])
 
 
 def _self_skip_spec(draft_sample_method: str) -> dict:
@@ -186,15 +185,15 @@ def prompts(engines, default_model):
     return chat_prompts(engines.get(default_model, None, **PLAIN_ENGINE), QUESTIONS)
 
 
-@pytest.mark.parametrize("draft_sample_method, head, engine", [
+@pytest.mark.parametrize("draft_sample_method, head, mode", [
     ("greedy", HEADS[0], "eager"), ("probabilistic", HEADS[2], "eager"),
     # vLLM's default mode, every mechanism on; in make test-extended (one more engine).
     pytest.param("probabilistic", HEADS[2], "compiled", marks=pytest.mark.extended),
 ], ids=lambda value: value)
 def test_sampled_tokens_follow_the_target_distribution(engines, default_model, plain, prompts,
-                                                       draft_sample_method, head, engine):
+                                                       draft_sample_method, head, mode):
     llm = engines.get(default_model, _self_skip_spec(draft_sample_method),
-                      **(SELF_SKIP_ENGINE if engine == "eager" else COMPILED_SELF_SKIP_ENGINE))
+                      dtype="float32", **COMPILATION_MODES[mode])
     _configure(llm, head)
     prompt_ids, samples, spec = _sample(llm, prompts)
     # Both branches of rejection sampling ran: accepted drafts, and rejected ones replaced

@@ -126,7 +126,7 @@ class BenchWorkerExtension:
         repacks linear weights into buffers that are not parameters.)"""
         model = model_identity(self.model_runner.model_config)
         hidden, heads = model.hidden_size, model.num_attention_heads
-        head_dim = getattr(self.model_runner.model_config.hf_text_config, "head_dim", None) or hidden // heads
+        head_dim = self.model_runner.model_config.get_head_size()
         return {
             "num_layers": model.num_layers,
             "attn_params": 2 * hidden * heads * head_dim + 2 * hidden * model.num_kv_heads * head_dim,
