@@ -13,7 +13,7 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   slower than the one before by more than the hysteresis margin, or K_max is reached
   (speed rises with K while drafts pay for themselves, then falls; where drafting does
   not pay the climb stops at K = 1). Then the fastest arm measured becomes the
-  incumbent, K = 0 unless another beats it by the margin.
+  incumbent, K = 0 unless another beats it by the margin for starting to draft (below).
 - **No drafting carries upward:** a bucket that has not started drafting, above a bucket
   that chose K = 0, takes K = 0 without a warm-up: drafting pays less as batches grow
   (verification's extra tokens cost more, the step is less memory-bound), so where one
@@ -21,6 +21,15 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   there, and the bucket climbs if it pays after all.
 - **Exploitation with hysteresis:** the incumbent is replaced only by an arm faster by
   more than ``HYSTERESIS`` (3%), so noise does not make it flap.
+- **Starting to draft takes more:** a bucket that does not draft starts only for a K
+  faster than K = 0 by more than ``START_DRAFTING_MARGIN`` (10%), and a bucket that
+  drafts stops once its K is no longer faster than K = 0 by more than ``HYSTERESIS``
+  (K = 0 replaces it when faster than ``1 / (1 + HYSTERESIS)`` of its speed). The two
+  errors cost differently: drafting where it does not pay makes the engine slower than
+  plain vLLM, while not drafting where it pays by under 10% forgoes a small gain. On a
+  near-tie, short measurements on a noisy machine make a K > 0 win a 3% margin by chance
+  now and then, and with a symmetric margin the bucket then drafts until chance brings it
+  back; measured on this project's CPU, that cost 3-5% (docs/controller-cpu).
 - **A switch is confirmed first, side by side:** an arm whose estimate beats the
   incumbent's by the margin (often one measured in a slow spell of the machine, which
   slows every arm alike) is not adopted on that estimate. A trial measures both afresh in
@@ -66,7 +75,9 @@ DECISION_STEPS = 8
 EXPLORATION_BUDGET = 0.01
 """The most speed exploration may cost, by default: slower arms are explored less often."""
 HYSTERESIS = 0.03
-"""An arm replaces the incumbent only when it is this much faster."""
+"""An arm replaces the incumbent only when it is this much faster (see ``required_speedup``)."""
+START_DRAFTING_MARGIN = 0.10
+"""A bucket that does not draft starts only for a K this much faster than K = 0."""
 SPEED_MEMORY = 0.9
 """Decay of an arm's token and time sums per new step measured for it."""
 NUM_BUCKETS = 16
@@ -98,6 +109,15 @@ class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
                 f"draft_controller_explore_every: expected an integer of at least {2 * self.decision_steps} "
                 f"(steps; each exploration runs {self.decision_steps}), got {self.explore_every!r}")
         return self
+
+
+def required_speedup(incumbent: int, challenger: int) -> float:
+    """How many times the incumbent K's speed the challenger K must reach to replace it."""
+    if incumbent == 0:
+        return 1 + START_DRAFTING_MARGIN
+    if challenger == 0:
+        return 1 / (1 + HYSTERESIS)  # drafting stays only while it pays by the margin
+    return 1 + HYSTERESIS
 
 
 def batch_bucket(batch_size: int) -> int:
@@ -253,9 +273,11 @@ class DraftLengthController:
                 return
         elif bucket.current != bucket.incumbent and bucket.steps_on_current < self.settings.decision_steps:
             return  # an exploration still running
-        best = max(range(len(bucket.arms)), key=lambda k: bucket.arms[k].tokens_per_s)
-        if bucket.arms[best].tokens_per_s > (1 + HYSTERESIS) * bucket.arms[bucket.incumbent].tokens_per_s:
-            bucket.trial = Trial.start(bucket.incumbent, best, bucket.current)
+        incumbent = bucket.incumbent
+        best = max((k for k in range(len(bucket.arms)) if k != incumbent),
+                   key=lambda k: bucket.arms[k].tokens_per_s / required_speedup(incumbent, k))
+        if bucket.arms[best].tokens_per_s > required_speedup(incumbent, best) * bucket.arms[incumbent].tokens_per_s:
+            bucket.trial = Trial.start(incumbent, best, bucket.current)
             self._run(bucket, bucket.trial.order[0])
             return
         rotation = bucket.exploration_rotation()
@@ -286,7 +308,7 @@ class DraftLengthController:
         for k in (trial.incumbent, trial.challenger):
             # The paired measurements replace the estimates that started the trial.
             bucket.arms[k] = ArmSpeed(*trial.sums[k], steps=bucket.arms[k].steps)
-        if challenger > (1 + HYSTERESIS) * incumbent:
+        if challenger > required_speedup(trial.incumbent, trial.challenger) * incumbent:
             bucket.incumbent = trial.challenger
         elif incumbent > 0:
             # Kept: the challenger's two intervals were exploration too; wait for their cost.
