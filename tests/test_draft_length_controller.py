@@ -336,6 +336,23 @@ def test_a_trial_that_keeps_the_incumbent_counts_against_the_exploration_budget(
     assert 32 + 640 + 320 <= next_exploration <= 32 + 640 + 320 + DECISION_STEPS, next_exploration
 
 
+@pytest.mark.parametrize("k1_speed, adopted", [(95.0, False), (116.0, True)])
+def test_a_trial_won_in_one_half_only_keeps_the_incumbent(k1_speed, adopted):
+    """The machine is 40% slower while the trial runs K = 0's first interval. Over the whole
+    trial K = 1 at 95 tok/s then beats K = 0's 100 by 27% (more than the 10% start margin),
+    but only in the half with the slow interval: K = 0 is kept. At 116 tok/s K = 1 wins
+    both halves and is adopted."""
+    controller = DraftLengthController(1)
+    speeds = {0: 100.0, 1: k1_speed}
+    run(controller, lambda k, step: speeds[0] * (1 if k == 0 else 0.5), 400, noise=0.0)
+    assert controller.buckets[0].incumbent == 0
+    controller.observe(1, 1, tokens=1000, seconds=1.0)  # K = 1 measured fast once: a trial starts
+    slow_spell = lambda step: 0.6 if 400 <= step < 408 else 1.0
+    chosen = run(controller, lambda k, step: speeds[k] * slow_spell(step), 33, noise=0.0, start=400)
+    assert chosen[:32] == [0] * 8 + [1] * 16 + [0] * 8  # the trial: K = 0, K = 1 twice, K = 0
+    assert controller.buckets[0].incumbent == (1 if adopted else 0)
+
+
 def test_the_first_step_after_a_change_of_k_is_not_counted():
     """A one-time cost on the first step with each new K (a compile of the new verification
     shape) would make every K look slow in warm-up; left out, the climb reaches the best K."""

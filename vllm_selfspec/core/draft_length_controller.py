@@ -35,8 +35,10 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   slows every arm alike) is not adopted on that estimate. A trial measures both afresh in
   four ``decision_steps`` intervals, incumbent-challenger-challenger-incumbent (or the
   mirror order, to start with the K running), so that a drift in the machine's speed
-  falls on both alike, and adopts the challenger only if it wins by the margin. This
-  includes the choice at the end of the warm-up.
+  falls on both alike, and adopts the challenger only if it wins by the margin in each
+  half (one interval of each arm): a win from one lucky interval, or from a stretch of
+  text that drafts unusually well, does not count. This includes the choice at the end
+  of the warm-up.
 - **Exploration:** now and then one decision interval (``decision_steps``, 8) runs the
   next arm of a rotation over K = 0 and the incumbent's neighbours K ± 1, measured
   afresh, so one exploration corrects an estimate that a slow spell spoiled. K = 0 comes
@@ -151,32 +153,58 @@ class ArmSpeed:
 
 @dataclass
 class Trial:
-    """A paired comparison of the incumbent and a challenger: the K of each interval in
-    turn, and each arm's undecayed token and time sums measured in it."""
+    """A paired comparison of the incumbent and a challenger in four intervals: the K of
+    each, and each interval's undecayed token and time sums and counted steps."""
 
     incumbent: int
     challenger: int
-    order: list[int]
-    """The K of each remaining interval, the one running now first."""
-    counted_steps: int = 0
-    """Steps counted in the running interval."""
-    sums: dict[int, list[float]] = field(default_factory=dict)
+    order: tuple[int, int, int, int]
+    measured: list[list[float]] = field(default_factory=lambda: [[0.0, 0.0, 0]])
+    """[tokens, seconds, steps] of each interval so far, the running one last."""
 
     @classmethod
     def start(cls, incumbent: int, challenger: int, current: int) -> Trial:
         """A trial whose first interval runs ``current`` when it is one of the two arms."""
         first, second = (challenger, incumbent) if current == challenger else (incumbent, challenger)
-        return cls(incumbent, challenger, [first, second, second, first],
-                   sums={incumbent: [0.0, 0.0], challenger: [0.0, 0.0]})
+        return cls(incumbent, challenger, (first, second, second, first))
 
-    def add(self, k: int, tokens: float, seconds: float) -> None:
-        self.sums[k][0] += tokens
-        self.sums[k][1] += seconds
-        self.counted_steps += 1
+    @property
+    def running(self) -> int:
+        """The K of the running interval."""
+        return self.order[len(self.measured) - 1]
 
-    def speed(self, k: int) -> float:
-        tokens, seconds = self.sums[k]
-        return tokens / seconds if seconds > 0 else 0.0
+    @property
+    def counted_steps(self) -> int:
+        """Steps counted in the running interval."""
+        return self.measured[-1][2]
+
+    def add(self, tokens: float, seconds: float) -> None:
+        interval = self.measured[-1]
+        interval[0] += tokens
+        interval[1] += seconds
+        interval[2] += 1
+
+    def next_interval(self) -> bool:
+        """Start the next interval; False when the four are done."""
+        if len(self.measured) == len(self.order):
+            return False
+        self.measured.append([0.0, 0.0, 0])
+        return True
+
+    def sums(self, k: int, intervals: range = range(4)) -> tuple[float, float]:
+        """Arm ``k``'s tokens and seconds over ``intervals``."""
+        chosen = [self.measured[i] for i in intervals if self.order[i] == k]
+        return sum(m[0] for m in chosen), sum(m[1] for m in chosen)
+
+    def challenger_wins(self, required: float) -> bool:
+        """Whether the challenger reached ``required`` times the incumbent's speed in each
+        half (one interval of each arm): a win from one lucky interval does not count."""
+        for half in (range(0, 2), range(2, 4)):
+            (incumbent_tokens, incumbent_s), (tokens, seconds) = (
+                self.sums(self.incumbent, half), self.sums(self.challenger, half))
+            if not (seconds > 0 and incumbent_s > 0 and tokens / seconds > required * incumbent_tokens / incumbent_s):
+                return False
+        return True
 
 
 @dataclass
@@ -243,8 +271,8 @@ class DraftLengthController:
             # The first step after a change of K is left out: it may carry one-time costs
             # of the new verification shape (a compile, kernel selection), not its speed.
             bucket.arms[k].add(tokens, seconds)
-            if bucket.trial is not None and bucket.trial.order[0] == k:
-                bucket.trial.add(k, tokens, seconds)
+            if bucket.trial is not None and bucket.trial.running == k:
+                bucket.trial.add(tokens, seconds)
 
     def replan(self) -> tuple[int, ...]:
         """Decide each bucket's K for the next ``decision_steps`` steps; return the plan."""
@@ -278,7 +306,7 @@ class DraftLengthController:
                    key=lambda k: bucket.arms[k].tokens_per_s / required_speedup(incumbent, k))
         if bucket.arms[best].tokens_per_s > required_speedup(incumbent, best) * bucket.arms[incumbent].tokens_per_s:
             bucket.trial = Trial.start(incumbent, best, bucket.current)
-            self._run(bucket, bucket.trial.order[0])
+            self._run(bucket, bucket.trial.running)
             return
         rotation = bucket.exploration_rotation()
         if rotation:
@@ -298,21 +326,19 @@ class DraftLengthController:
         trial = bucket.trial
         if trial.counted_steps < max(self.settings.decision_steps - 1, 1):
             return False
-        trial.order.pop(0)
-        trial.counted_steps = 0
-        if trial.order:
-            self._run(bucket, trial.order[0])
+        if trial.next_interval():
+            self._run(bucket, trial.running)
             return False
         bucket.trial = None
-        incumbent, challenger = trial.speed(trial.incumbent), trial.speed(trial.challenger)
         for k in (trial.incumbent, trial.challenger):
             # The paired measurements replace the estimates that started the trial.
-            bucket.arms[k] = ArmSpeed(*trial.sums[k], steps=bucket.arms[k].steps)
-        if challenger > required_speedup(trial.incumbent, trial.challenger) * incumbent:
+            bucket.arms[k] = ArmSpeed(*trial.sums(k), steps=bucket.arms[k].steps)
+        if trial.challenger_wins(required_speedup(trial.incumbent, trial.challenger)):
             bucket.incumbent = trial.challenger
-        elif incumbent > 0:
+        elif bucket.arms[trial.incumbent].tokens_per_s > 0:
             # Kept: the challenger's two intervals were exploration too; wait for their cost.
-            shortfall = max(0.0, 1 - challenger / incumbent)
+            shortfall = max(0.0, 1 - bucket.arms[trial.challenger].tokens_per_s
+                            / bucket.arms[trial.incumbent].tokens_per_s)
             bucket.steps_since_exploration = -math.ceil(
                 2 * self.settings.decision_steps * shortfall / self.settings.exploration_budget)
         return True
