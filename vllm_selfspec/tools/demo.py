@@ -3,7 +3,8 @@
 Engines: plain vLLM; self_skip as a user gets it (started only where the profile's
 batch-size schedule drafts at some batch size: otherwise vLLM runs it as plain vLLM,
 and the demo says so instead of starting a second plain engine); and self_skip with
-drafting held on at every batch size. Each decodes the first prompts one request at a
+drafting held on at every batch size. On a 2-core CPU host they start at once
+(:func:`~vllm_selfspec.tools.engine_runs.start_engines`). Each decodes the first prompts one request at a
 time (where self-speculation pays) and then all of them as one batch.
 All engines stay up and are measured in alternating rounds, each round in a rotated
 order, so that neither a slow spell of the machine nor a place in the order favours one;
@@ -45,10 +46,11 @@ def run_demo(args: argparse.Namespace) -> int:
         default_dtype,
         describe_draft,
         drafting_held_on,
-        make_llm,
         median_and_range,
+        model_config_for,
         release,
         resolved_draft,
+        start_engines,
         timed_generate,
         timed_workload,
     )
@@ -71,14 +73,16 @@ def run_demo(args: argparse.Namespace) -> int:
     questions = load_prompt_set(args.prompts)[: args.num_prompts]
 
     dtype = args.dtype or default_dtype()
-    llms = {"plain": make_llm(model, None, dtype=dtype, enforce_eager=args.eager)}
-    as_user_gets_it = resolved_draft(llms["plain"], spec)
+    engine = dict(dtype=dtype, enforce_eager=args.eager)
+    model_config = model_config_for(model, **engine)
+    as_user_gets_it = resolved_draft(model_config, spec)
+    speculative_configs = {"plain": None}
     if not as_user_gets_it.never_drafts():
-        llms["self_skip"] = make_llm(model, spec, dtype=dtype, enforce_eager=args.eager)
+        speculative_configs["self_skip"] = spec
     # This engine holds K at every batch size, to show the drafts themselves even where
     # the profile's schedule turns drafting off.
-    llms["self_skip, drafting held on"] = make_llm(model, drafting_held_on(llms["plain"], spec), dtype=dtype,
-                                                   enforce_eager=args.eager)
+    speculative_configs["self_skip, drafting held on"] = drafting_held_on(model_config, spec)
+    llms, how_started = start_engines(model, speculative_configs, **engine)
     engines = list(llms)
     prompts = chat_prompts(llms["plain"], questions)
     singles = prompts[: args.num_single_prompts]
@@ -109,6 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\nmodel {model}, dtype {dtype}, {'eager' if args.eager else 'compiled'}, greedy, "
           f"{len(questions)} prompts, max_tokens {args.max_tokens}, {args.rounds} alternating rounds "
           "(tok/s: median [lowest-highest round])")
+    print(f"engines started {how_started}")
     if as_user_gets_it.never_drafts():
         print("self_skip as a user gets it: the profile's schedule turns drafting off at every batch size "
               "(where it was measured, drafting did not pay), so vLLM runs it as plain vLLM: the plain rows "

@@ -66,7 +66,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     engine = dict(dtype=args.dtype or default_dtype(), enforce_eager=args.eager)
     llms = {"plain": make_llm(model, None, **engine)}
     try:
-        llms["self_skip"] = make_llm(model, drafting_held_on(llms["plain"], {"method": "self_skip"}),
+        plain_model = llms["plain"].llm_engine.vllm_config.model_config
+        llms["self_skip"] = make_llm(model, drafting_held_on(plain_model, {"method": "self_skip"}),
                                      worker_extension_cls=DRAFT_SWITCHING_EXTENSION, **engine)
         self_skip = llms["self_skip"]
         runtime = self_skip.collective_rpc("selfspec_runtime")[0]

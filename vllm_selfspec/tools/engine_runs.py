@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
 import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vllm import LLM, SamplingParams
+from vllm.config import ModelConfig
+from vllm.engine.arg_utils import EngineArgs
 
 from vllm_selfspec.core.draft_settings import DraftSettings
 
@@ -120,23 +126,114 @@ def make_llm(model: str, speculative_config: dict | None = None, **overrides) ->
     return LLM(model=model, speculative_config=speculative_config, **kwargs)
 
 
-def resolved_draft(plain: LLM, spec: dict) -> DraftSettings:
-    """The draft settings ``spec`` (a self_skip config) resolves to for the running ``plain`` engine's
-    model: given options, else its profile, else the defaults."""
+def model_config_for(model: str, **overrides) -> ModelConfig:
+    """vLLM's model config for an engine :func:`make_llm` would start, without starting one."""
+    return EngineArgs(model=model, **{**ENGINE_DEFAULTS, **platform_engine_defaults(), **overrides}).create_model_config()
+
+
+OMP_BINDING_ENV_VAR = "VLLM_CPU_OMP_THREADS_BIND"
+"""vLLM's CPU setting for the cores an engine's worker runs on; its engine process reads it at spawn."""
+
+
+def cores_for_parallel_start(is_cpu: bool, allowed_cores: set[int], environ: Mapping[str, str]) -> list[int]:
+    """The cores on which engines may start at once, one worker each; [] to start them one after another.
+
+    Only on a CPU host with two usable cores and no binding of the user's. There vLLM's default
+    binding gives an engine's worker one core and keeps the other for the front end, and an
+    engine's start, mostly Inductor compiling in the worker, leaves that other core idle.
+    Elsewhere one core per engine would change how an engine runs (a GPU; a larger CPU host,
+    where vLLM gives the worker many cores), or the user's binding decides.
+    """
+    if not is_cpu or len(allowed_cores) != 2 or environ.get(OMP_BINDING_ENV_VAR, "auto") != "auto":
+        return []
+    return sorted(allowed_cores)
+
+
+class WorkerPlacementExtension:
+    """A worker method for ``LLM.collective_rpc`` (loaded through vLLM's ``worker_extension_cls``)."""
+
+    def selfspec_move_to_cores(self, cores: list[int]) -> list[int]:
+        """Pin every thread of this worker process to ``cores``; return the cores the process now runs on."""
+        for thread in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(thread), cores)
+        return sorted(os.sched_getaffinity(0))
+
+
+WORKER_PLACEMENT_EXTENSION = f"{__name__}.{WorkerPlacementExtension.__qualname__}"
+
+
+def start_engines(model: str, speculative_configs: dict[str, dict | None], **overrides) -> tuple[dict[str, LLM], str]:
+    """One engine per named speculative config (None: plain vLLM), as :func:`make_llm` makes it; and how
+    they were started, in words.
+
+    Where :func:`cores_for_parallel_start` allows, they start at once, each worker on its own
+    core; once all are up every worker moves to the first core, where vLLM's default binding
+    puts a lone engine's worker, so each is measured as if it had started alone. Elsewhere they
+    start one after another.
+    """
+    from vllm.platforms import current_platform
+    from vllm.plugins import load_general_plugins
+
+    cores = cores_for_parallel_start(current_platform.is_cpu(), os.sched_getaffinity(0), os.environ)
+    if not cores or len(speculative_configs) < 2:
+        llms: dict[str, LLM] = {}
+        try:
+            for name, spec in speculative_configs.items():
+                llms[name] = make_llm(model, spec, **overrides)
+        except BaseException:
+            for llm in llms.values():
+                release(llm)
+            raise
+        return llms, "one after another"
+    load_general_plugins()  # once, here, rather than from every starting thread
+    overrides = {**overrides, "worker_extension_cls": WORKER_PLACEMENT_EXTENSION}
+    futures = {}
+    with ThreadPoolExecutor(max_workers=len(speculative_configs)) as pool:
+        try:
+            for index, (name, spec) in enumerate(speculative_configs.items()):
+                spawned = {child.pid for child in multiprocessing.active_children()}
+                os.environ[OMP_BINDING_ENV_VAR] = str(cores[index % len(cores)])
+                futures[name] = pool.submit(make_llm, model, spec, **overrides)
+                # The next engine's binding waits until this engine's process has taken its own.
+                while not futures[name].done() and \
+                        not {child.pid for child in multiprocessing.active_children()} - spawned:
+                    time.sleep(0.05)
+        finally:
+            os.environ.pop(OMP_BINDING_ENV_VAR, None)
+    llms, failures = {}, []
+    for name, future in futures.items():
+        if future.exception() is None:
+            llms[name] = future.result()
+        else:
+            failures.append(future.exception())
+    if failures:
+        for llm in llms.values():
+            release(llm)
+        raise failures[0]
+    for name, llm in llms.items():
+        placed = llm.collective_rpc("selfspec_move_to_cores", args=([cores[0]],))
+        if placed != [[cores[0]]]:
+            raise RuntimeError(f"engine {name!r}: its worker runs on cores {placed}, not on core {cores[0]}")
+    return llms, (f"at once, each worker on its own core of {cores}, then every worker moved to core {cores[0]} "
+                  "for the measurements")
+
+
+def resolved_draft(model_config: ModelConfig, spec: dict) -> DraftSettings:
+    """The draft settings ``spec`` (a self_skip config) resolves to for the model of ``model_config``:
+    given options, else its profile, else the defaults."""
     from vllm_selfspec.core.draft_settings import SelfSkipOptions
     from vllm_selfspec.core.resolve import resolve_self_skip
     from vllm_selfspec.glue.identity import model_identity
 
-    model_config = plain.llm_engine.vllm_config.model_config
     draft, _ = resolve_self_skip(model_identity(model_config), model_config.max_model_len,
                                  SelfSkipOptions.take_from(dict(spec)), spec.get("num_speculative_tokens"))
     return draft
 
 
-def drafting_held_on(plain: LLM, spec: dict) -> dict:
+def drafting_held_on(model_config: ModelConfig, spec: dict) -> dict:
     """``spec`` (a self_skip config) with drafting on at every batch size, at the K it resolves to;
     the profile's schedule is set aside."""
-    k = resolved_draft(plain, spec).num_speculative_tokens
+    k = resolved_draft(model_config, spec).num_speculative_tokens
     return {**spec, "num_speculative_tokens_per_batch_size": [[1, 1, k]]}
 
 
