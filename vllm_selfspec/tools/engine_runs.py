@@ -162,7 +162,8 @@ class WorkerPlacementExtension:
 WORKER_PLACEMENT_EXTENSION = f"{__name__}.{WorkerPlacementExtension.__qualname__}"
 
 
-def start_engines(model: str, speculative_configs: dict[str, dict | None], **overrides) -> tuple[dict[str, LLM], str]:
+def start_engines(model: str, speculative_configs: dict[str, dict | None],
+                  **overrides) -> tuple[dict[str, LLM], str]:
     """One engine per named speculative config (None: plain vLLM), as :func:`make_llm` makes it; and how
     they were started, in words.
 
