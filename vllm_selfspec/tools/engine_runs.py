@@ -128,7 +128,8 @@ def make_llm(model: str, speculative_config: dict | None = None, **overrides) ->
 
 def model_config_for(model: str, **overrides) -> ModelConfig:
     """vLLM's model config for an engine :func:`make_llm` would start, without starting one."""
-    return EngineArgs(model=model, **{**ENGINE_DEFAULTS, **platform_engine_defaults(), **overrides}).create_model_config()
+    engine = {**ENGINE_DEFAULTS, **platform_engine_defaults(), **overrides}
+    return EngineArgs(model=model, **engine).create_model_config()
 
 
 OMP_BINDING_ENV_VAR = "VLLM_CPU_OMP_THREADS_BIND"
