@@ -3,9 +3,9 @@
 Engines: plain vLLM; self_skip as a user gets it (started only where the profile's
 batch-size schedule drafts at some batch size: otherwise vLLM runs it as plain vLLM,
 and the demo says so instead of starting a second plain engine); and self_skip with
-drafting held on at every batch size. On a 2-core CPU host they start at once
-(:func:`~vllm_selfspec.tools.engine_runs.start_engines`). Each decodes the first prompts one request at a
-time (where self-speculation pays) and then all of them as one batch.
+drafting held on at every batch size; on a 2-core CPU host they start at once
+(:func:`~vllm_selfspec.tools.engine_runs.start_engines`). Each decodes the first prompts
+one request at a time (where self-speculation pays) and then all of them as one batch.
 All engines stay up and are measured in alternating rounds, each round in a rotated
 order, so that neither a slow spell of the machine nor a place in the order favours one;
 each speed is printed as the median with the rounds' range.

@@ -202,20 +202,19 @@ def start_engines(model: str, speculative_configs: dict[str, dict | None],
                     time.sleep(0.05)
         finally:
             os.environ.pop(OMP_BINDING_ENV_VAR, None)
-    llms, failures = {}, []
-    for name, future in futures.items():
-        if future.exception() is None:
-            llms[name] = future.result()
-        else:
-            failures.append(future.exception())
-    if failures:
+    llms = {name: future.result() for name, future in futures.items() if future.exception() is None}
+    try:
+        failures = [future.exception() for future in futures.values() if future.exception() is not None]
+        if failures:
+            raise failures[0]
+        for name, llm in llms.items():
+            placed = llm.collective_rpc("selfspec_move_to_cores", args=([cores[0]],))
+            if placed != [[cores[0]]]:
+                raise RuntimeError(f"engine {name!r}: its worker runs on cores {placed}, not on core {cores[0]}")
+    except BaseException:
         for llm in llms.values():
             release(llm)
-        raise failures[0]
-    for name, llm in llms.items():
-        placed = llm.collective_rpc("selfspec_move_to_cores", args=([cores[0]],))
-        if placed != [[cores[0]]]:
-            raise RuntimeError(f"engine {name!r}: its worker runs on cores {placed}, not on core {cores[0]}")
+        raise
     return llms, (f"at once, each worker on its own core of {cores}, then every worker moved to core {cores[0]} "
                   "for the measurements")
 
