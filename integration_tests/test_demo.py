@@ -10,12 +10,14 @@ import sys
 
 import pytest
 
+from vllm_selfspec.tools.engine_runs import OMP_BINDING_ENV_VAR
+
 pytestmark = pytest.mark.engine
 
 
 def test_demo_starts_its_engines_at_once_and_matches_plain_vllm(default_model):
     # Without the suite's per-worker binding, as a user runs it: the engines start at once.
-    environ = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_OMP_THREADS_BIND"}
+    environ = {k: v for k, v in os.environ.items() if k != OMP_BINDING_ENV_VAR}
     result = subprocess.run([sys.executable, "-m", "vllm_selfspec.tools.cli", "demo", "--eager",
                              "--num-prompts", "2", "--num-single-prompts", "1", "--max-tokens", "16",
                              "--rounds", "1"], env=environ, capture_output=True, text=True, timeout=900)

@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vllm import LLM, SamplingParams
@@ -177,18 +177,34 @@ def start_engines(model: str, speculative_configs: dict[str, dict | None],
     from vllm.plugins import load_general_plugins
 
     cores = cores_for_parallel_start(current_platform.is_cpu(), os.sched_getaffinity(0), os.environ)
-    if not cores or len(speculative_configs) < 2:
-        llms: dict[str, LLM] = {}
-        try:
+    llms: dict[str, LLM] = {}
+    try:
+        if not cores or len(speculative_configs) < 2:
             for name, spec in speculative_configs.items():
                 llms[name] = make_llm(model, spec, **overrides)
-        except BaseException:
-            for llm in llms.values():
-                release(llm)
-            raise
-        return llms, "one after another"
-    load_general_plugins()  # once, here, rather than from every starting thread
-    overrides = {**overrides, "worker_extension_cls": WORKER_PLACEMENT_EXTENSION}
+            return llms, "one after another"
+        load_general_plugins()  # once, here, rather than from every starting thread
+        futures = _start_each_on_its_core(model, speculative_configs, cores,
+                                          {**overrides, "worker_extension_cls": WORKER_PLACEMENT_EXTENSION})
+        llms = {name: future.result() for name, future in futures.items() if future.exception() is None}
+        failures = [error for future in futures.values() if (error := future.exception()) is not None]
+        if failures:
+            raise failures[0]
+        for name, llm in llms.items():
+            placed = llm.collective_rpc("selfspec_move_to_cores", args=([cores[0]],))
+            if placed != [[cores[0]]]:
+                raise RuntimeError(f"engine {name!r}: its worker runs on cores {placed}, not on core {cores[0]}")
+    except BaseException:
+        for llm in llms.values():
+            release(llm)
+        raise
+    return llms, (f"at once, each worker on its own core of {cores}, then every worker moved to core {cores[0]} "
+                  "for the measurements")
+
+
+def _start_each_on_its_core(model: str, speculative_configs: dict[str, dict | None], cores: list[int],
+                            overrides: dict) -> dict[str, Future]:
+    """Start the engines from threads, the i-th bound to ``cores[i % len(cores)]``; return once all are done."""
     futures = {}
     with ThreadPoolExecutor(max_workers=len(speculative_configs)) as pool:
         try:
@@ -202,21 +218,7 @@ def start_engines(model: str, speculative_configs: dict[str, dict | None],
                     time.sleep(0.05)
         finally:
             os.environ.pop(OMP_BINDING_ENV_VAR, None)
-    llms = {name: future.result() for name, future in futures.items() if future.exception() is None}
-    try:
-        failures = [future.exception() for future in futures.values() if future.exception() is not None]
-        if failures:
-            raise failures[0]
-        for name, llm in llms.items():
-            placed = llm.collective_rpc("selfspec_move_to_cores", args=([cores[0]],))
-            if placed != [[cores[0]]]:
-                raise RuntimeError(f"engine {name!r}: its worker runs on cores {placed}, not on core {cores[0]}")
-    except BaseException:
-        for llm in llms.values():
-            release(llm)
-        raise
-    return llms, (f"at once, each worker on its own core of {cores}, then every worker moved to core {cores[0]} "
-                  "for the measurements")
+    return futures
 
 
 def resolved_draft(model_config: ModelConfig, spec: dict) -> DraftSettings:
