@@ -72,6 +72,11 @@ def plain_f32(engines, default_model):
     return _plain_run(engines, default_model)
 
 
+@pytest.fixture(scope="module")
+def plain_compiled(engines, default_model):
+    return _plain_run(engines, default_model, mode="compiled")
+
+
 def _assert_identical(reference, run, name=""):
     assert len(run.batched) == 16 and any(len(t) == 128 for t in run.batched)
     for i, (ref, got) in enumerate(zip(reference.batched, run.batched)):
@@ -90,7 +95,7 @@ def _draft_compilation(worker) -> dict:
     return {"vllm_compiled": is_compiled(draft), "traced": bool(getattr(draft, "compiled", False))}
 
 
-def test_compiled_float32_identical_with_every_mechanism_on(engines, default_model):
+def test_compiled_float32_identical_with_every_mechanism_on(engines, default_model, plain_compiled):
     """vLLM's default mode: vLLM compiles the draft, and output stays identical.
 
     The aggressive skip set with the cheap draft head and adaptive exit, K=8 held: the
@@ -99,10 +104,9 @@ def test_compiled_float32_identical_with_every_mechanism_on(engines, default_mod
     graph, compiled at the switch. First in the file, so that the eager engines the
     later tests and test_sampling.py share stay in the pool.
     """
-    plain = _plain_run(engines, default_model, mode="compiled")
     llm = _engine(engines, default_model, {**SELF_SKIP, **AGGRESSIVE}, mode="compiled")
     run = greedy_run(llm)
-    _assert_identical(plain, run, "compiled")
+    _assert_identical(plain_compiled, run, "compiled")
     assert run.spec.drafts > 0 and 0 < run.spec.accepted_tokens < run.spec.draft_tokens, run.spec
     assert run.spec.draft_tokens < MAX_K * run.spec.drafts, run.spec  # adaptive exit ended drafts early
     assert llm.collective_rpc(_draft_compilation)[0] == {"vllm_compiled": True, "traced": True}
@@ -110,8 +114,120 @@ def test_compiled_float32_identical_with_every_mechanism_on(engines, default_mod
     switch_draft(llm, **MILD, num_speculative_tokens=4)
     assert llm.collective_rpc(_draft_compilation)[0] == {"vllm_compiled": True, "traced": True}
     switched = greedy_run(llm)
-    _assert_identical(plain, switched, "compiled, switched")
+    _assert_identical(plain_compiled, switched, "compiled, switched")
     assert switched.spec.drafts > 0 and switched.spec.accepted_tokens > 0, switched.spec
+
+
+def _switch_with_stand_in_cuda_graphs(worker, settings: dict, capture_sizes: list[int], fail_capture: bool) -> dict:
+    """TEST-ONLY: switch the draft as if the engine ran CUDA graphs, on the CPU, which has none.
+
+    The draft's dispatcher is given piecewise keys at ``capture_sizes`` (vLLM's own
+    ``initialize_cudagraph_keys``), and vLLM's CUDA-only ``graph_capture`` context is
+    replaced by one that records its use; everything else is the code a GPU runs. With
+    ``fail_capture`` every captured run raises, as a failed CUDA capture would. Returns
+    each dummy run of the switch, whether the capture context and vLLM's capture flag
+    were on during it, and the draft's graph mode after.
+    """
+    import contextlib
+    from unittest import mock
+
+    from vllm.compilation import monitor
+    from vllm.config import CUDAGraphMode
+    from vllm.v1.spec_decode.draft_model import DraftModelProposer
+
+    import vllm_selfspec.glue.proposer as proposer_module
+    from vllm_selfspec.core.draft_settings import DraftSettings
+
+    drafter = worker.model_runner.drafter
+    compilation = drafter.vllm_config.compilation_config
+    cpu_sizes = [compilation.cudagraph_capture_sizes, compilation.max_cudagraph_capture_size]
+    compilation.cudagraph_capture_sizes = sorted(capture_sizes)
+    compilation.max_cudagraph_capture_size = max(capture_sizes)
+    drafter.cudagraph_dispatcher.initialize_cudagraph_keys(CUDAGraphMode.PIECEWISE)
+    runs, in_capture_context = [], [False]
+
+    @contextlib.contextmanager
+    def stand_in_graph_capture(device):
+        in_capture_context[0] = True
+        try:
+            yield
+        finally:
+            in_capture_context[0] = False
+
+    recorded_dummy_run = drafter.dummy_run
+
+    def recording_dummy_run(num_tokens, use_cudagraphs=True, is_graph_capturing=False, slot_mappings=None):
+        runs.append([num_tokens, use_cudagraphs, is_graph_capturing, in_capture_context[0],
+                     monitor.cudagraph_capturing_enabled])
+        return recorded_dummy_run(num_tokens, use_cudagraphs, is_graph_capturing, slot_mappings)
+
+    base_dummy_run = DraftModelProposer.dummy_run
+
+    def failing_capture(self, num_tokens, use_cudagraphs=True, is_graph_capturing=False, slot_mappings=None):
+        if is_graph_capturing and use_cudagraphs:
+            raise RuntimeError("TEST-ONLY capture failure")
+        return base_dummy_run(self, num_tokens, use_cudagraphs, is_graph_capturing, slot_mappings)
+
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(proposer_module, "graph_capture", stand_in_graph_capture))
+        patches.enter_context(mock.patch.object(drafter, "dummy_run", recording_dummy_run))
+        if fail_capture:
+            patches.enter_context(mock.patch.object(DraftModelProposer, "dummy_run", failing_capture))
+        drafter.reconfigure(DraftSettings.from_builtins(settings))
+    return {"runs": runs, "capturing_enabled_after": monitor.cudagraph_capturing_enabled, "cpu_sizes": cpu_sizes,
+            "mode": drafter.cudagraph_dispatcher.cudagraph_mode.name,
+            "reason": drafter._no_draft_cuda_graphs_reason}
+
+
+def _draft_cuda_graphs_off(worker, cpu_sizes: list) -> None:
+    """Undo ``_switch_with_stand_in_cuda_graphs``: the CPU's capture sizes, dispatcher mode and capture flag."""
+    from vllm.compilation import monitor
+    from vllm.config import CUDAGraphMode
+
+    drafter = worker.model_runner.drafter
+    compilation = drafter.vllm_config.compilation_config
+    compilation.cudagraph_capture_sizes, compilation.max_cudagraph_capture_size = cpu_sizes
+    drafter.cudagraph_dispatcher.initialize_cudagraph_keys(CUDAGraphMode.NONE)
+    drafter._no_draft_cuda_graphs_reason = ""
+    monitor.set_cudagraph_capturing_enabled(True)
+
+
+def test_compiled_switched_draft_captures_its_cuda_graphs(engines, default_model, plain_compiled):
+    """A switched draft's CUDA graphs are captured again, in vLLM's order; a failed capture
+    turns them off; output stays identical either way.
+
+    The CPU has no CUDA graphs, so the draft's dispatcher is given piecewise keys at
+    2, 4 and 8 tokens and vLLM's ``graph_capture`` context a stand-in (see
+    ``_switch_with_stand_in_cuda_graphs``). The capture loop then runs as on a GPU, and
+    so do the draft steps after it: dispatched as piecewise, their batches padded up to
+    a capture size (a batch of 1 runs as 2, of 3 as 4).
+    """
+    from vllm_selfspec.core.draft_settings import DraftSettings
+
+    llm = _engine(engines, default_model, {**SELF_SKIP, **AGGRESSIVE}, mode="compiled")
+    sizes = [2, 4, 8]
+    cpu_sizes = None
+    try:
+        for skip_attn, fail_capture in (([7, 20], False), ([7], True)):
+            settings = DraftSettings(skip_attn=tuple(skip_attn), skip_mlp=(), num_speculative_tokens=4).to_builtins()
+            [switch] = llm.collective_rpc(_switch_with_stand_in_cuda_graphs, args=(settings, sizes, fail_capture))
+            cpu_sizes = cpu_sizes or switch["cpu_sizes"]
+            captures = [run for run in switch["runs"] if run[2]]
+            assert switch["capturing_enabled_after"] is False, switch
+            if fail_capture:
+                # The first capture failed: graphs off, with the reason, and no further captures.
+                assert captures == [[8, True, True, True, True]], switch
+                assert switch["mode"] == "NONE" and "TEST-ONLY capture failure" in switch["reason"], switch
+            else:
+                # Largest first, each inside vLLM's capture context with capturing enabled.
+                assert captures == [[n, True, True, True, True] for n in (8, 4, 2)], switch
+                assert switch["mode"] == "PIECEWISE" and switch["reason"] == "", switch
+            run = greedy_run(llm)
+            _assert_identical(plain_compiled, run, f"compiled, switched to skip_attn {skip_attn}")
+            assert run.spec.drafts > 0 and run.spec.accepted_tokens > 0, run.spec
+    finally:
+        if cpu_sizes is not None:
+            llm.collective_rpc(_draft_cuda_graphs_off, args=(cpu_sizes,))
 
 
 @pytest.mark.extended

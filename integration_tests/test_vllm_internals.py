@@ -28,7 +28,8 @@ PROPOSER_ATTRIBUTES = (
 )
 """Attributes the base proposer sets in ``__init__`` and ``SelfSkipProposer`` reads or sets."""
 DISPATCHER_MEMBERS = ("initialize_cudagraph_keys", "get_capture_descs", "cudagraph_mode")
-"""The draft's ``CudagraphDispatcher``: turned to NONE when a capture fails or the draft is switched."""
+"""The draft's ``CudagraphDispatcher``: its capture sizes (captured again for a switched draft), turned to
+NONE when a capture fails."""
 COMPILED_MODEL_ATTRIBUTES = ("do_not_compile", "compiled")
 """Set on a ``@support_torch_compile`` model: whether vLLM compiles it, and whether it has been traced."""
 INPUT_BATCH_ATTRIBUTES = ("spec_token_ids", "num_reqs", "req_ids")
@@ -39,6 +40,8 @@ DATACLASS_FIELDS = {
         "max_query_len", "is_prefilling", "positions",
     ),
     "vllm.v1.sample.metadata:SamplingMetadata": ("temperature", "top_k", "top_p", "all_greedy"),
+    # Read when a switched draft's CUDA graphs are captured, as vLLM's runner reads it.
+    "vllm.config:CompilationConfig": ("cudagraph_num_of_warmups",),
 }
 MODULE_MEMBERS = {
     "vllm.v1.sample.sampler": ("_SAMPLING_EPS",),
@@ -49,6 +52,9 @@ MODULE_MEMBERS = {
     "vllm.forward_context": ("set_forward_context",),
     "vllm.config": ("get_layers_from_vllm_config", "CUDAGraphMode", "CompilationMode", "set_current_vllm_config"),
     "vllm.compilation.backends": ("set_model_tag",),
+    "vllm.compilation.monitor": ("set_cudagraph_capturing_enabled",),
+    "vllm.distributed.parallel_state": ("graph_capture",),
+    "vllm.utils.gc_utils": ("freeze_gc_for_cudagraph_capture",),
     "vllm.compilation.decorators": ("support_torch_compile",),
     "vllm.utils.hashing": ("safe_hash",),
 }

@@ -110,11 +110,18 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
                 "num_speculative_tokens_per_batch_size to draft anyway.",
                 self.num_speculative_tokens_per_batch_size,
             )
-        logger.info(
-            "self_skip runs without async scheduling: under it vLLM 0.32's scheduler books a fixed "
-            "number of placeholder drafts per request a step ahead, while self_skip's adaptive exit and "
-            "draft-length controller choose the number of drafts inside the draft step"
-        )
+        if draft.adaptive_exit or draft.draft_length_controller is not None:
+            logger.info(
+                "self_skip runs without async scheduling: under it vLLM 0.32's scheduler books a fixed "
+                "number of placeholder drafts per request a step ahead, while self_skip's adaptive exit and "
+                "draft-length controller choose the number of drafts inside the draft step"
+            )
+        else:
+            logger.info(
+                "self_skip runs without async scheduling: vLLM 0.32 allows it only for the speculative "
+                "methods it names, and self_skip has not been run under it (its tests run on the CPU, "
+                "where vLLM turns async scheduling off)"
+            )
         logger.info(
             "self_skip: K=%d, %s, %s (from %s)",
             draft.num_speculative_tokens,

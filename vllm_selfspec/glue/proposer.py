@@ -9,8 +9,10 @@ import time
 
 import torch
 from torch import nn
+from vllm.compilation.monitor import set_cudagraph_capturing_enabled
 from vllm.config import CUDAGraphMode, VllmConfig, get_layers_from_vllm_config
 from vllm.distributed import get_tp_group
+from vllm.distributed.parallel_state import graph_capture
 from vllm.forward_context import set_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
@@ -22,6 +24,7 @@ from vllm.v1.sample.ops.topk_topp_sampler import (
     sample_with_exponential_noise,
 )
 from vllm.v1.sample.sampler import _SAMPLING_EPS
+from vllm.utils.gc_utils import freeze_gc_for_cudagraph_capture
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 from vllm_selfspec.compat import PLUGIN_VERSION
@@ -158,7 +161,8 @@ class SelfSkipProposer(DraftModelProposer):
         """Switch the draft's settings in a running engine (``vllm-selfspec tune``, ``evaluate``).
 
         The draft model is rebuilt over the same target modules when the skip set or
-        the draft head changes; the KV cache, the target and the engine stay as they are.
+        the draft head changes, then compiled and, where the engine runs CUDA graphs,
+        its graphs captured; the KV cache, the target and the engine stay as they are.
         ``settings.num_speculative_tokens`` caps the draft length under the engine's K
         (0: no drafts); the batch-size schedule stays the engine's.
         """
@@ -174,22 +178,59 @@ class SelfSkipProposer(DraftModelProposer):
         if rebuild:
             self._build_draft_model()
             self._compile_switched_draft()
+            self._capture_switched_draft_cuda_graphs()
 
     def _compile_switched_draft(self) -> None:
         """Compile a draft switched in at run time, as vLLM's profiling run compiles the first one.
 
         The first call traces the graph, with the batch dimension dynamic; making it the
         dummy batch of :meth:`dummy_run` (as at start-up) keeps it from being a batch of
-        one, whose size the trace would fix. CUDA graphs captured at
-        start-up belong to the first draft's compiled pieces, and vLLM captures only
-        at start-up, so a switched draft runs without them.
+        one, whose size the trace would fix.
         """
-        if self.cudagraph_dispatcher.cudagraph_mode != CUDAGraphMode.NONE:
-            self._turn_off_draft_cuda_graphs("the draft was switched at run time (tune, evaluate); "
-                                             "vLLM captures CUDA graphs only at start-up")
         if is_compiled(self.model):
             with torch.inference_mode():
                 self.dummy_run(self.max_num_tokens, use_cudagraphs=False)
+
+    def _capture_switched_draft_cuda_graphs(self) -> None:
+        """Capture the CUDA graphs of a draft switched in at run time, as vLLM captured the first one's.
+
+        The graphs captured at start-up belong to the previous draft's compiled pieces,
+        which went with it. This repeats, for the draft alone, what vLLM's runner does
+        in ``capture_model`` for each of the draft's capture sizes (largest first, so
+        smaller graphs reuse the pool's memory): capturing enabled, garbage collection
+        frozen, vLLM's ``graph_capture`` context (its capture stream and the tensor-
+        parallel all-reduce's capture mode; every rank switches together), warm-up runs
+        without graphs, then one captured run. A failed capture turns the draft's graphs
+        off with a WARNING (:meth:`dummy_run`), as at start-up.
+        """
+        descs = [desc for _, descs in self.cudagraph_dispatcher.get_capture_descs() for desc in descs]
+        if not descs:
+            return
+        started = time.perf_counter()
+        warmups = self.vllm_config.compilation_config.cudagraph_num_of_warmups
+        # Every slot a padding slot: unlike at start-up, the KV cache now holds live and
+        # prefix-cached blocks, and the slot buffer the last draft step's real slots.
+        no_slots = torch.empty(0, dtype=torch.int64, device=self.device)
+        set_cudagraph_capturing_enabled(True)
+        try:
+            with torch.inference_mode(), freeze_gc_for_cudagraph_capture(), graph_capture(device=self.device):
+                for desc in descs:
+                    for _ in range(warmups):
+                        self.dummy_run(desc.num_tokens, use_cudagraphs=False)
+                    self._synchronize()
+                    self.dummy_run(desc.num_tokens, use_cudagraphs=True, is_graph_capturing=True,
+                                   slot_mappings=self._get_slot_mapping(desc.num_tokens, no_slots))
+                    self._synchronize()
+                    if self._no_draft_cuda_graphs_reason:
+                        return
+        finally:
+            set_cudagraph_capturing_enabled(False)
+        logger.info("self_skip: captured the switched draft's CUDA graphs for %d batch sizes in %.1f s",
+                    len(descs), time.perf_counter() - started)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def draft_plan(self) -> str:
         """What this rank's draft will run: plugin version, skip set and draft length."""
