@@ -126,9 +126,12 @@ def _switch_with_stand_in_cuda_graphs(worker, settings: dict, capture_sizes: lis
     replaced by one that records its use; everything else is the code a GPU runs. With
     ``fail_capture`` every captured run raises, as a failed CUDA capture would. Returns
     each dummy run of the switch, whether the capture context and vLLM's capture flag
-    were on during it, and the draft's graph mode after.
+    were on during it, the draft's graph mode and padding after, and whether the
+    previous draft was freed.
     """
     import contextlib
+    import gc
+    import weakref
     from unittest import mock
 
     from vllm.compilation import monitor
@@ -173,8 +176,13 @@ def _switch_with_stand_in_cuda_graphs(worker, settings: dict, capture_sizes: lis
         patches.enter_context(mock.patch.object(drafter, "dummy_run", recording_dummy_run))
         if fail_capture:
             patches.enter_context(mock.patch.object(DraftModelProposer, "dummy_run", failing_capture))
+        previous_draft = weakref.ref(drafter.model)
         drafter.reconfigure(DraftSettings.from_builtins(settings))
+    gc.collect()
+    padding = {n: [mode.name, padded] for n in (1, 3, 9)
+               for mode, padded, _ in [drafter._determine_batch_execution_and_padding(n)]}
     return {"runs": runs, "capturing_enabled_after": monitor.cudagraph_capturing_enabled, "cpu_sizes": cpu_sizes,
+            "padding": padding, "previous_draft_freed": previous_draft() is None,
             "mode": drafter.cudagraph_dispatcher.cudagraph_mode.name,
             "reason": drafter._no_draft_cuda_graphs_reason}
 
@@ -214,6 +222,8 @@ def test_compiled_switched_draft_captures_its_cuda_graphs(engines, default_model
             cpu_sizes = cpu_sizes or switch["cpu_sizes"]
             captures = [run for run in switch["runs"] if run[2]]
             assert switch["capturing_enabled_after"] is False, switch
+            # Nothing keeps the previous draft, or on a GPU its graphs' memory, alive.
+            assert switch["previous_draft_freed"], switch
             if fail_capture:
                 # The first capture failed: graphs off, with the reason, and no further captures.
                 assert captures == [[8, True, True, True, True]], switch
@@ -222,6 +232,8 @@ def test_compiled_switched_draft_captures_its_cuda_graphs(engines, default_model
                 # Largest first, each inside vLLM's capture context with capturing enabled.
                 assert captures == [[n, True, True, True, True] for n in (8, 4, 2)], switch
                 assert switch["mode"] == "PIECEWISE" and switch["reason"] == "", switch
+                # What the draft steps below get: a batch of 1 runs as 2, of 3 as 4; 9 is past the sizes.
+                assert switch["padding"] == {1: ["PIECEWISE", 2], 3: ["PIECEWISE", 4], 9: ["NONE", 9]}, switch
             run = greedy_run(llm)
             _assert_identical(plain_compiled, run, f"compiled, switched to skip_attn {skip_attn}")
             assert run.spec.drafts > 0 and run.spec.accepted_tokens > 0, run.spec

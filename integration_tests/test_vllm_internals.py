@@ -112,6 +112,17 @@ def test_cuda_graph_dispatcher_and_compiled_model_members():
     assert _missing(COMPILED_MODEL_ATTRIBUTES, lambda n: f"self.{n} =" in source) == []
 
 
+def test_compiled_draft_can_release_its_bytecode_hook():
+    """A replaced draft is freed only once the bytecode hook vLLM's compile wrapper registered is
+    removed (``release_draft_model``): the draft must be such a wrapper, and the wrapper keep ``cleanup``."""
+    from vllm.compilation.wrapper import TorchCompileWithNoGuardsWrapper
+
+    from vllm_selfspec.glue.draft_compilation import CompiledLayerSkipDraftModel
+
+    assert issubclass(CompiledLayerSkipDraftModel, TorchCompileWithNoGuardsWrapper)
+    assert callable(getattr(TorchCompileWithNoGuardsWrapper, "cleanup", None))
+
+
 @pytest.mark.parametrize("qualified", sorted(DATACLASS_FIELDS))
 def test_metadata_fields(qualified):
     module, name = qualified.split(":")

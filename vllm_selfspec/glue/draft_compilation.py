@@ -23,6 +23,7 @@ import copy
 
 from vllm.compilation.backends import set_model_tag
 from vllm.compilation.decorators import support_torch_compile
+from vllm.compilation.wrapper import TorchCompileWithNoGuardsWrapper
 from vllm.config import CompilationMode, VllmConfig, set_current_vllm_config
 
 from vllm_selfspec.core.draft_settings import DraftSettings
@@ -61,6 +62,17 @@ def build_draft_model(vllm_config: VllmConfig, target, settings: DraftSettings, 
     object.__setattr__(draft_config, "speculative_config", spec)
     with set_current_vllm_config(draft_config), set_model_tag(f"self_skip_draft_{settings.graph_digest()}"):
         return CompiledLayerSkipDraftModel(target=target, skip_set=skip_set, draft_vocab=settings.draft_vocab)
+
+
+def release_draft_model(model: LayerSkipDraftModel | None) -> None:
+    """Let a replaced draft be freed, with its compiled graph (and, on a GPU, its CUDA graphs).
+
+    vLLM's compile wrapper registers a Dynamo bytecode hook per compiled model, which pins
+    the model for the life of the process; ``cleanup`` removes it, as vLLM's ``LLMEngine``
+    does for its own models at shutdown.
+    """
+    if isinstance(model, TorchCompileWithNoGuardsWrapper):
+        model.cleanup()
 
 
 def is_compiled(model: LayerSkipDraftModel) -> bool:

@@ -33,7 +33,12 @@ from vllm_selfspec.core.draft_length_controller import DraftLengthController
 from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.core.ranks import check_ranks_agree
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
-from vllm_selfspec.glue.draft_compilation import build_draft_model, compilation_description, is_compiled
+from vllm_selfspec.glue.draft_compilation import (
+    build_draft_model,
+    compilation_description,
+    is_compiled,
+    release_draft_model,
+)
 from vllm_selfspec.glue.identity import mixed_attention_error
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
@@ -142,6 +147,7 @@ class SelfSkipProposer(DraftModelProposer):
 
     def _build_draft_model(self) -> None:
         """(Re)build ``self.model`` over the target for the current settings (compiled by vLLM at its first call)."""
+        release_draft_model(getattr(self, "model", None))  # the draft it replaces, if any
         self.model = build_draft_model(self.vllm_config, self._target_model, self.settings, self.skip_set)
         logger.info("self_skip draft: %s", compilation_description(self.vllm_config, self.model))
         if self.draft_vocab:
