@@ -12,9 +12,10 @@ bfloat16: plain vLLM itself is not batch-invariant, so every divergence must sit
 a near-tie of the plain model (top-two logprob gap below NEAR_TIE_EPSILON); batched
 here in ``make test-extended``, over HTTP in test_server.py.
 
-These run with enforce_eager, except one: vLLM's default mode (the draft compiled by
-vLLM, the mode users run) with every mechanism on and the aggressive skip set, then
-after a switch of skip set, which compiles the draft again.
+These run with enforce_eager, except two in vLLM's default mode (the draft compiled by
+vLLM, the mode users run): every mechanism on and the aggressive skip set, then after a
+switch of skip set, which compiles the draft again; and switches with stand-in CUDA
+graphs, whose captures run as on a GPU.
 
 Engines come from the session's pool: one self_skip engine per dtype, its draft
 switched in place (``switch_draft``) between tests.
@@ -143,9 +144,11 @@ def _switch_with_stand_in_cuda_graphs(worker, settings: dict, capture_sizes: lis
 
     drafter = worker.model_runner.drafter
     compilation = drafter.vllm_config.compilation_config
-    cpu_sizes = [compilation.cudagraph_capture_sizes, compilation.max_cudagraph_capture_size]
+    cpu_sizes = [compilation.cudagraph_capture_sizes, compilation.max_cudagraph_capture_size,
+                 compilation.cudagraph_num_of_warmups]
     compilation.cudagraph_capture_sizes = sorted(capture_sizes)
     compilation.max_cudagraph_capture_size = max(capture_sizes)
+    compilation.cudagraph_num_of_warmups = 1  # as vLLM sets it on GPUs
     drafter.cudagraph_dispatcher.initialize_cudagraph_keys(CUDAGraphMode.PIECEWISE)
     runs, in_capture_context = [], [False]
 
@@ -194,7 +197,8 @@ def _draft_cuda_graphs_off(worker, cpu_sizes: list) -> None:
 
     drafter = worker.model_runner.drafter
     compilation = drafter.vllm_config.compilation_config
-    compilation.cudagraph_capture_sizes, compilation.max_cudagraph_capture_size = cpu_sizes
+    (compilation.cudagraph_capture_sizes, compilation.max_cudagraph_capture_size,
+     compilation.cudagraph_num_of_warmups) = cpu_sizes
     drafter.cudagraph_dispatcher.initialize_cudagraph_keys(CUDAGraphMode.NONE)
     drafter._no_draft_cuda_graphs_reason = ""
     monitor.set_cudagraph_capturing_enabled(True)
@@ -220,17 +224,20 @@ def test_compiled_switched_draft_captures_its_cuda_graphs(engines, default_model
             settings = DraftSettings(skip_attn=tuple(skip_attn), skip_mlp=(), num_speculative_tokens=4).to_builtins()
             [switch] = llm.collective_rpc(_switch_with_stand_in_cuda_graphs, args=(settings, sizes, fail_capture))
             cpu_sizes = cpu_sizes or switch["cpu_sizes"]
-            captures = [run for run in switch["runs"] if run[2]]
+            # After the compiling run, each size's warm-up run without graphs, then its capture.
+            in_context = [run for run in switch["runs"] if run[3]]
             assert switch["capturing_enabled_after"] is False, switch
             # Nothing keeps the previous draft, or on a GPU its graphs' memory, alive.
             assert switch["previous_draft_freed"], switch
             if fail_capture:
                 # The first capture failed: graphs off, with the reason, and no further captures.
-                assert captures == [[8, True, True, True, True]], switch
+                assert in_context == [[8, False, False, True, True], [8, True, True, True, True]], switch
                 assert switch["mode"] == "NONE" and "TEST-ONLY capture failure" in switch["reason"], switch
             else:
-                # Largest first, each inside vLLM's capture context with capturing enabled.
-                assert captures == [[n, True, True, True, True] for n in (8, 4, 2)], switch
+                # Largest first, all inside vLLM's capture context with capturing enabled.
+                assert in_context == [run for n in (8, 4, 2)
+                                      for run in ([n, False, False, True, True], [n, True, True, True, True])], switch
+                assert len(switch["runs"]) == 1 + len(in_context), switch
                 assert switch["mode"] == "PIECEWISE" and switch["reason"] == "", switch
                 # What the draft steps below get: a batch of 1 runs as 2, of 3 as 4; 9 is past the sizes.
                 assert switch["padding"] == {1: ["PIECEWISE", 2], 3: ["PIECEWISE", 4], 9: ["NONE", 9]}, switch

@@ -16,6 +16,7 @@ from vllm.distributed.parallel_state import graph_capture
 from vllm.forward_context import set_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+from vllm.utils.gc_utils import freeze_gc_for_cudagraph_capture
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.ops.topk_topp_sampler import (
@@ -24,7 +25,6 @@ from vllm.v1.sample.ops.topk_topp_sampler import (
     sample_with_exponential_noise,
 )
 from vllm.v1.sample.sampler import _SAMPLING_EPS
-from vllm.utils.gc_utils import freeze_gc_for_cudagraph_capture
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 from vllm_selfspec.compat import PLUGIN_VERSION
