@@ -10,14 +10,18 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY
 from vllm import LLM, SamplingParams
-from vllm.v1.metrics.prometheus import unregister_vllm_metrics
 
 from vllm_selfspec.core.draft_length_controller import ControllerSettings
 from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.tools.bench.target_delay import TARGET_DELAY_EXTENSION
-from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
+from vllm_selfspec.tools.engine_runs import (
+    SpecDecodeCounts,
+    activate_engine_metrics,
+    chat_prompts,
+    make_llm,
+    release,
+)
 from vllm_selfspec.tools.prompts import load_prompt_set
 
 CPU_SHM_SEGMENTS = "/dev/shm/*-cpushm_*"
@@ -86,7 +90,7 @@ class EnginePool:
 
     def __init__(self, capacity: int = 2):
         self.capacity = capacity
-        self._live: OrderedDict[str, tuple[LLM, list]] = OrderedDict()
+        self._live: OrderedDict[str, LLM] = OrderedDict()
 
     def get(self, model: str, speculative_config: dict | None = None, **engine_kwargs) -> LLM:
         engine_kwargs.setdefault("kv_cache_memory_bytes", POOLED_KV_CACHE_BYTES)
@@ -96,35 +100,19 @@ class EnginePool:
         key = json.dumps([model, speculative_config, engine_kwargs], sort_keys=True)
         if key not in self._live:
             while len(self._live) >= self.capacity:
-                release(self._live.popitem(last=False)[1][0])
+                release(self._live.popitem(last=False)[1])
             llm = make_llm(model, copy.deepcopy(speculative_config), **engine_kwargs)
-            self._live[key] = (llm, _vllm_collectors())
+            self._live[key] = llm
         self._live.move_to_end(key)
-        llm, collectors = self._live[key]
-        _activate(collectors)
+        llm = self._live[key]
+        activate_engine_metrics(llm)
         return llm
 
     def close(self) -> None:
         while self._live:
-            release(self._live.popitem()[1][0])
+            release(self._live.popitem()[1])
 
 
-def _vllm_collectors() -> list:
-    """The ``vllm:`` Prometheus collectors now registered: those of the engine started last."""
-    return [c for c in REGISTRY._collector_to_names if getattr(c, "_name", "").startswith("vllm:")]
-
-
-def _activate(collectors: list) -> None:
-    """Make ``LLM.get_metrics`` read these collectors.
-
-    vLLM's metrics live in the process-wide Prometheus registry, and each new engine
-    unregisters the previous engine's collectors (``unregister_vllm_metrics``); the old
-    engine keeps counting into its own, unregistered, collectors. Re-registering them
-    makes a pooled engine's counters readable again.
-    """
-    unregister_vllm_metrics()
-    for collector in collectors:
-        REGISTRY.register(collector)
 
 
 QUICK_CONTROLLER = ControllerSettings(warmup_steps=1, explore_every=4, decision_steps=1, exploration_budget=1.0)

@@ -6,13 +6,16 @@ import gc
 import multiprocessing
 import os
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from prometheus_client import REGISTRY
 from vllm import LLM, SamplingParams
 from vllm.config import ModelConfig
 from vllm.engine.arg_utils import EngineArgs
+from vllm.v1.metrics.prometheus import unregister_vllm_metrics
 
 from vllm_selfspec.core.draft_settings import DraftSettings
 
@@ -49,8 +52,10 @@ class SpecDecodeCounts:
 
     @classmethod
     def read(cls, llm: LLM) -> SpecDecodeCounts:
-        """The engine's counters now (requires ``disable_log_stats=False``)."""
+        """The engine's counters now; none for an engine :func:`make_llm` made with stats off."""
         counts = cls()
+        if not activate_engine_metrics(llm):
+            return counts
         for metric in llm.get_metrics():
             if metric.name == "vllm:spec_decode_num_drafts":
                 counts.drafts += int(metric.value)
@@ -120,10 +125,35 @@ class TimedRun:
         return self.output_tokens / self.seconds if self.seconds else 0.0
 
 
+_ENGINE_METRICS: weakref.WeakKeyDictionary[LLM, list] = weakref.WeakKeyDictionary()
+"""Each engine's ``vllm:`` Prometheus collectors, as registered when :func:`make_llm` made it."""
+
+
 def make_llm(model: str, speculative_config: dict | None = None, **overrides) -> LLM:
     """An engine with :data:`ENGINE_DEFAULTS` and the platform's defaults, optionally with a speculative config."""
     kwargs = {**ENGINE_DEFAULTS, **platform_engine_defaults(), **overrides}
-    return LLM(model=model, speculative_config=speculative_config, **kwargs)
+    llm = LLM(model=model, speculative_config=speculative_config, **kwargs)
+    if not kwargs["disable_log_stats"]:
+        _ENGINE_METRICS[llm] = [collector for collector in REGISTRY._collector_to_names
+                                if getattr(collector, "_name", "").startswith("vllm:")]
+    return llm
+
+
+def activate_engine_metrics(llm: LLM) -> bool:
+    """Make ``llm.get_metrics()`` read this engine's own counters; False if it has none
+    (:func:`make_llm` made it with stats off).
+
+    vLLM keeps its metrics in the process-wide Prometheus registry, and each new engine
+    unregisters the collectors of those before it (``unregister_vllm_metrics``), which go
+    on counting unregistered. So an earlier engine's collectors are registered again.
+    """
+    collectors = _ENGINE_METRICS.get(llm)
+    if collectors is None:
+        return False
+    unregister_vllm_metrics()
+    for collector in collectors:
+        REGISTRY.register(collector)
+    return True
 
 
 def model_config_for(model: str, **overrides) -> ModelConfig:
@@ -177,15 +207,19 @@ def start_engines(model: str, speculative_configs: dict[str, dict | None],
     from vllm.plugins import load_general_plugins
 
     cores = cores_for_parallel_start(current_platform.is_cpu(), os.sched_getaffinity(0), os.environ)
+    drafting = [name for name, spec in speculative_configs.items() if spec is not None]
     llms: dict[str, LLM] = {}
     try:
-        if not cores or len(speculative_configs) < 2:
+        # Engines started at once register their metrics in an order nobody chooses, so only
+        # one may register any: the one drafting engine (plain vLLM has no drafts to count).
+        if not cores or len(speculative_configs) < 2 or len(drafting) > 1:
             for name, spec in speculative_configs.items():
                 llms[name] = make_llm(model, spec, **overrides)
             return llms, "one after another"
         load_general_plugins()  # once, here, rather than from every starting thread
         futures = _start_each_on_its_core(model, speculative_configs, cores,
-                                          {**overrides, "worker_extension_cls": WORKER_PLACEMENT_EXTENSION})
+                                          {**overrides, "worker_extension_cls": WORKER_PLACEMENT_EXTENSION},
+                                          stats_off=set(speculative_configs) - set(drafting))
         llms = {name: future.result() for name, future in futures.items() if future.exception() is None}
         failures = [error for future in futures.values() if (error := future.exception()) is not None]
         if failures:
@@ -203,15 +237,17 @@ def start_engines(model: str, speculative_configs: dict[str, dict | None],
 
 
 def _start_each_on_its_core(model: str, speculative_configs: dict[str, dict | None], cores: list[int],
-                            overrides: dict) -> dict[str, Future]:
-    """Start the engines from threads, the i-th bound to ``cores[i % len(cores)]``; return once all are done."""
+                            overrides: dict, stats_off: set[str]) -> dict[str, Future]:
+    """Start the engines from threads, the i-th bound to ``cores[i % len(cores)]``, those named in
+    ``stats_off`` without stats (vLLM's offline default); return once all are done."""
     futures = {}
     with ThreadPoolExecutor(max_workers=len(speculative_configs)) as pool:
         try:
             for index, (name, spec) in enumerate(speculative_configs.items()):
                 spawned = {child.pid for child in multiprocessing.active_children()}
                 os.environ[OMP_BINDING_ENV_VAR] = str(cores[index % len(cores)])
-                futures[name] = pool.submit(make_llm, model, spec, **overrides)
+                stats = {"disable_log_stats": True} if name in stats_off else {}
+                futures[name] = pool.submit(make_llm, model, spec, **overrides, **stats)
                 # The next engine's binding waits until this engine's process has taken its own.
                 while not futures[name].done() and \
                         not {child.pid for child in multiprocessing.active_children()} - spawned:
