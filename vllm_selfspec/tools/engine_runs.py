@@ -125,29 +125,31 @@ class TimedRun:
         return self.output_tokens / self.seconds if self.seconds else 0.0
 
 
-_ENGINE_METRICS: weakref.WeakKeyDictionary[LLM, list] = weakref.WeakKeyDictionary()
-"""Each engine's ``vllm:`` Prometheus collectors, as registered when :func:`make_llm` made it."""
+_ENGINE_METRICS: weakref.WeakKeyDictionary[LLM, list | None] = weakref.WeakKeyDictionary()
+"""Each engine's ``vllm:`` Prometheus collectors, as registered when :func:`make_llm` made it
+(None: made with stats off)."""
 
 
 def make_llm(model: str, speculative_config: dict | None = None, **overrides) -> LLM:
     """An engine with :data:`ENGINE_DEFAULTS` and the platform's defaults, optionally with a speculative config."""
     kwargs = {**ENGINE_DEFAULTS, **platform_engine_defaults(), **overrides}
     llm = LLM(model=model, speculative_config=speculative_config, **kwargs)
-    if not kwargs["disable_log_stats"]:
-        _ENGINE_METRICS[llm] = [collector for collector in REGISTRY._collector_to_names
-                                if getattr(collector, "_name", "").startswith("vllm:")]
+    _ENGINE_METRICS[llm] = None if kwargs["disable_log_stats"] else [
+        collector for collector in REGISTRY._collector_to_names if getattr(collector, "_name", "").startswith("vllm:")]
     return llm
 
 
 def activate_engine_metrics(llm: LLM) -> bool:
     """Make ``llm.get_metrics()`` read this engine's own counters; False if it has none
-    (:func:`make_llm` made it with stats off).
+    (:func:`make_llm` made it with stats off). An engine made elsewhere reads the registry as it is.
 
     vLLM keeps its metrics in the process-wide Prometheus registry, and each new engine
     unregisters the collectors of those before it (``unregister_vllm_metrics``), which go
     on counting unregistered. So an earlier engine's collectors are registered again.
     """
-    collectors = _ENGINE_METRICS.get(llm)
+    if llm not in _ENGINE_METRICS:
+        return True
+    collectors = _ENGINE_METRICS[llm]
     if collectors is None:
         return False
     unregister_vllm_metrics()
