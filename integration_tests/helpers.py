@@ -113,8 +113,6 @@ class EnginePool:
             release(self._live.popitem()[1])
 
 
-
-
 QUICK_CONTROLLER = ControllerSettings(warmup_steps=1, explore_every=4, decision_steps=1, exploration_budget=1.0)
 """The draft-length controller at its quickest: deciding every step, one warm-up step per K,
 exploring every 4 steps however slow the arm, so that K changes inside short requests."""
