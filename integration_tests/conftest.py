@@ -134,3 +134,14 @@ def ray_auth_token(tmp_path_factory):
         env.setenv("RAY_AUTH_TOKEN_PATH", str(token))
         yield token
     assert had_home_token or not home_token.exists(), f"Ray wrote {home_token}"
+
+
+@pytest.fixture
+def async_scheduling_kept_on_cpu(monkeypatch):
+    """The TEST-ONLY shim that keeps vLLM's async-scheduling decision on the CPU, for this test
+    only: installed here, active while its variable is set, which engines started now inherit."""
+    from vllm_selfspec.glue import async_on_cpu_test_shim
+    from vllm_selfspec.glue.patches import ASYNC_ON_CPU_TEST_SHIM_ENV_VAR
+
+    async_on_cpu_test_shim.install()
+    monkeypatch.setenv(ASYNC_ON_CPU_TEST_SHIM_ENV_VAR, "1")

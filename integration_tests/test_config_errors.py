@@ -198,3 +198,39 @@ def test_layers_in_several_kv_cache_groups_are_refused(tiny_model_factory, tmp_p
     # context at the window): one group.
     assert build_config(str(mixed), {"method": "self_skip"}, disable_sliding_window=True, max_model_len=64) \
         .speculative_config.method == "self_skip"
+
+
+FIXED_LENGTH = {"method": "self_skip", "num_speculative_tokens": 3, "adaptive_exit": False,
+                "draft_length_controller": False}
+
+
+def test_async_scheduling_follows_vllms_draft_model_rules_for_fixed_length_drafts(
+        tiny_llama, async_scheduling_kept_on_cpu):
+    assert build_config(tiny_llama).scheduler_config.async_scheduling is True  # plain vLLM: on by default
+    for asked in (None, True):
+        config = build_config(tiny_llama, FIXED_LENGTH, async_scheduling=asked)
+        assert config.scheduler_config.async_scheduling is True, asked
+        assert config.speculative_config.method == "self_skip"
+    assert build_config(tiny_llama, FIXED_LENGTH, async_scheduling=False).scheduler_config.async_scheduling is False
+    # vLLM's own draft_model rule, applied to self_skip.
+    with pytest.raises(ValueError, match="disable_padded_drafter_batch"):
+        build_config(tiny_llama, {**FIXED_LENGTH, "disable_padded_drafter_batch": True}, async_scheduling=True)
+
+
+@pytest.mark.parametrize("chooser", [{"adaptive_exit": True}, {"draft_length_controller": True}])
+def test_async_scheduling_is_off_where_the_draft_chooses_its_length(tiny_llama, async_scheduling_kept_on_cpu,
+                                                                     chooser, caplog):
+    spec = {**FIXED_LENGTH, **chooser}
+    if "draft_length_controller" in chooser:
+        del spec["num_speculative_tokens"]
+    with caplog.at_level("INFO", logger="vllm"):
+        config = build_config(tiny_llama, spec)
+    assert config.scheduler_config.async_scheduling is False
+    assert "self_skip runs without async scheduling" in caplog.text
+    assert config.speculative_config.draft.chooses_length_while_drafting()
+    with pytest.raises(ValueError, match=r"async_scheduling=True \(--async-scheduling\).*adaptive exit"):
+        build_config(tiny_llama, spec, async_scheduling=True)
+
+
+def test_without_the_shim_the_cpu_platform_turns_async_scheduling_off(tiny_llama):
+    assert build_config(tiny_llama, FIXED_LENGTH, async_scheduling=True).scheduler_config.async_scheduling is False

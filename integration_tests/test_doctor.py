@@ -19,6 +19,7 @@ REPORT_LINES = (
     r"draft compilation: eager",
     r"draft CUDA graphs: none: cpu has no CUDA graphs",
     r"draft: K=\d+, skip_attn=\[7\].*\(from shipped profile \S+\.json\)",
+    r"scheduling: plain vLLM synchronous, self_skip synchronous \(the CPU platform turns async scheduling off\)",
     r"host reads in the draft loop: none over [1-9]\d* propose calls",
     r"greedy outputs identical to plain vLLM: 2/2 \(2 prompts x 1 rounds\)",
     r"batch 1, 1 alternating rounds \(median \[range\]\): plain [\d.]+ tok/s \[[\d.-]+\], self_skip [\d.]+ tok/s "

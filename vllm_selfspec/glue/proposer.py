@@ -33,6 +33,7 @@ from vllm_selfspec.core.draft_length_controller import DraftLengthController
 from vllm_selfspec.core.draft_settings import DraftSettings
 from vllm_selfspec.core.ranks import check_ranks_agree
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
+from vllm_selfspec.glue.config import NO_ASYNC_SCHEDULING_REASON
 from vllm_selfspec.glue.draft_compilation import (
     build_draft_model,
     compilation_description,
@@ -170,8 +171,18 @@ class SelfSkipProposer(DraftModelProposer):
         the draft head changes, then compiled and, where the engine runs CUDA graphs,
         its graphs captured; the KV cache, the target and the engine stay as they are.
         ``settings.num_speculative_tokens`` caps the draft length under the engine's K
-        (0: no drafts); the batch-size schedule stays the engine's.
+        (0: no drafts); the batch-size schedule stays the engine's. Under async scheduling
+        the draft length must stay the engine's K, so adaptive exit, the controller and
+        another K are refused before anything changes.
         """
+        engine_k = self.speculative_config.num_speculative_tokens
+        if self.vllm_config.scheduler_config.async_scheduling and (
+                settings.chooses_length_while_drafting() or settings.num_speculative_tokens != engine_k):
+            raise SelfSkipConfigError(
+                f"this engine runs with async scheduling, so its draft must draft K={engine_k} tokens, "
+                f"without adaptive exit or a draft-length controller ({NO_ASYNC_SCHEDULING_REASON}); "
+                "start the engine with async_scheduling=False to switch to such a draft"
+            )
         skip_set = settings.skip_set(self.skip_set.num_layers)
         rebuild = skip_set != self.skip_set or settings.draft_vocab != self.settings.draft_vocab
         self.settings = settings

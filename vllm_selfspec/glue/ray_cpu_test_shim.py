@@ -9,16 +9,13 @@ any platform but the CPU one. Deployments on GPUs never need it (see ``deploy/``
 from __future__ import annotations
 
 import vllm.v1.executor.ray_executor_v2 as ray_executor_v2
-from vllm.logger import init_logger
 from vllm.platforms import current_platform
 from vllm.platforms.cpu import CpuPlatform
 
-from vllm_selfspec.glue.patching import VllmPatch
+from vllm_selfspec.glue.patching import VllmPatch, install_test_only_shim
 
 RAY_SLOT_RESOURCE = "GPU"
 """The Ray resource that stands for one tensor-parallel rank on the CPU: a scheduling token only."""
-
-logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
 
 
 class PatchCpuPlatformRayDeviceKey(VllmPatch):
@@ -62,14 +59,7 @@ class PatchRayWorkerActorClass(VllmPatch):
 
 def install() -> None:
     """Install the shim in this process, on the CPU platform only; elsewhere log and do nothing."""
-    if not current_platform.is_cpu():
-        logger.warning("The test-only Ray-on-CPU shim (%s) never activates on %s; ignored.",
-                       __name__, current_platform.device_name)
-        return
-    if PatchCpuPlatformRayDeviceKey.is_applied():
-        return
-    PatchCpuPlatformRayDeviceKey.apply()
-    PatchRayWorkerActorClass.apply()
-    logger.warning("TEST-ONLY shim active (%s): vLLM's Ray executor runs on the CPU; "
-                   "each tensor-parallel rank takes one logical Ray '%s' slot.",
-                   __name__, RAY_SLOT_RESOURCE)
+    install_test_only_shim(
+        __name__, (PatchCpuPlatformRayDeviceKey, PatchRayWorkerActorClass), current_platform.is_cpu(),
+        current_platform.device_name, f"vLLM's Ray executor runs on the CPU; each tensor-parallel rank "
+        f"takes one logical Ray '{RAY_SLOT_RESOURCE}' slot.")

@@ -45,3 +45,7 @@ class DraftSwitchingWorkerExtension:
 
 DRAFT_SWITCHING_EXTENSION = f"{__name__}.{DraftSwitchingWorkerExtension.__qualname__}"
 """The value for vLLM's ``worker_extension_cls`` that loads this extension."""
+
+DRAFT_SWITCHING_ENGINE = {"worker_extension_cls": DRAFT_SWITCHING_EXTENSION, "async_scheduling": False}
+"""Engine arguments for an engine whose draft ``tune`` or ``evaluate`` switches: the extension,
+and no async scheduling, under which a draft may not switch to adaptive exit or another K."""

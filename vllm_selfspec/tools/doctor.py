@@ -36,6 +36,24 @@ def _platform_line() -> str:
     return f"platform: {current_platform.device_type}, {platform.machine()}, {cores} cores"
 
 
+def _scheduling_line(llms: dict) -> str:
+    """Whether each engine runs with vLLM's async scheduling, and why self_skip does not where plain vLLM does."""
+    from vllm.platforms import current_platform
+
+    from vllm_selfspec.glue.config import NO_ASYNC_SCHEDULING_REASON
+
+    def mode(llm) -> str:
+        return "async" if llm.llm_engine.vllm_config.scheduler_config.async_scheduling else "synchronous"
+
+    line = f"scheduling: plain vLLM {mode(llms['plain'])}, self_skip {mode(llms['self_skip'])}"
+    if current_platform.is_cpu():
+        return f"{line} (the CPU platform turns async scheduling off)"
+    draft = llms["self_skip"].llm_engine.vllm_config.speculative_config.draft
+    if mode(llms["self_skip"]) != mode(llms["plain"]) and draft.chooses_length_while_drafting():
+        return f"{line} ({NO_ASYNC_SCHEDULING_REASON})"
+    return line
+
+
 def run_doctor(args: argparse.Namespace) -> int:
     """Run the checks and print the report; return 0 when healthy."""
     import torch
@@ -92,6 +110,7 @@ def run_doctor(args: argparse.Namespace) -> int:
                 outputs[name] += [ids for run in runs for ids in run.token_ids]
         counts = SpecDecodeCounts.read(self_skip).minus(before)
         draft = describe_draft(self_skip)
+        scheduling = _scheduling_line(llms)
     finally:
         for llm in llms.values():
             release(llm)
@@ -108,6 +127,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     print(f"draft compilation: {runtime['draft_compilation']}")
     print(f"draft CUDA graphs: {runtime['draft_cuda_graphs']}")
     print(f"draft: {draft}")
+    print(scheduling)
     print(f"host reads in the draft loop: {'none' if not reads else len(reads)} over {host_reads['calls']} "
           f"propose calls{'' if not reads else ': ' + ', '.join(sorted(set(reads))[:5])}")
     print(f"greedy outputs identical to plain vLLM: {identical}/{len(outputs['plain'])} "

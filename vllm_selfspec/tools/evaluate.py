@@ -129,7 +129,7 @@ def run_evaluate(args: argparse.Namespace, log=print) -> int:
     from vllm_selfspec.core.draft_vocab import draft_vocab
     from vllm_selfspec.tools.engine_runs import default_dtype, make_llm, release
     from vllm_selfspec.tools.model_prep import prepare_default_model
-    from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
+    from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_ENGINE
 
     model = args.model or str(prepare_default_model())
     out = Path(args.out)
@@ -178,7 +178,7 @@ def run_evaluate(args: argparse.Namespace, log=print) -> int:
 
     tuned = profile.draft
     llm = make_llm(model, {**spec, "num_speculative_tokens_per_batch_size": [[1, 1, tuned.num_speculative_tokens]]},
-                   worker_extension_cls=DRAFT_SWITCHING_EXTENSION, **engine)
+                   **DRAFT_SWITCHING_ENGINE, **engine)
     other_vocab = () if tuned.draft_vocab else tuple(
         draft_vocab(8192, profile.model.vocab_size, profile.draft_vocab_ranking))
     variants = {

@@ -158,7 +158,7 @@ class DraftTuner:
     def __init__(self, settings: TuneSettings, log=print):
         from vllm import SamplingParams
 
-        from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
+        from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_ENGINE
         from vllm_selfspec.tools.engine_runs import chat_prompts, make_llm
 
         self.settings = settings
@@ -169,7 +169,7 @@ class DraftTuner:
              "skip_attn": [], "skip_mlp": [], "draft_vocab_size": 0, "adaptive_exit": False},
             dtype=settings.dtype, enforce_eager=settings.eager,
             max_num_seqs=max(settings.schedule_batch_sizes),
-            worker_extension_cls=DRAFT_SWITCHING_EXTENSION,
+            **DRAFT_SWITCHING_ENGINE,
         )
         self.prompts = chat_prompts(self.llm, settings.prompts)
         self.params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens, ignore_eos=True)
