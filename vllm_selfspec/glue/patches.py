@@ -347,7 +347,6 @@ def use_inductor_compile_cache_on_cpu() -> None:
     os.environ.setdefault(AOT_COMPILE_ENV_VAR, "0")
 
 
-
 ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchVllmConfigAsyncScheduling, PatchDraftModelProposer)
 
 
