@@ -1,4 +1,5 @@
-"""A small, explicit patch mechanism in the style of ArcticInference's ``ArcticPatch``, and the switches of the test-only shims."""
+"""A small, explicit patch mechanism in the style of ArcticInference's ``ArcticPatch``,
+and the environment switches of the test-only shims."""
 
 from __future__ import annotations
 
