@@ -3,7 +3,8 @@
 ``python -m integration_tests.mutants`` (``make mutants``) applies each mutant to a
 temporary copy of the repository, runs its catching tests there with the copy first on
 ``PYTHONPATH`` (so the plugin that vLLM's engine processes load through the entry point
-is the copy's), and prints which test caught it. Exits non-zero if any mutant survives.
+is the copy's), and prints which test caught it. Exits non-zero if any mutant survives,
+and at once if a catching test it names is no longer collected.
 """
 
 from __future__ import annotations
@@ -74,12 +75,12 @@ CATCHING_TESTS = {
     "draft-probs-temperature-1": ["integration_tests/test_sampling.py::test_draft_probabilities_follow_the_request"],
     "draft-top-p-ignored": ["integration_tests/test_sampling.py::test_draft_probabilities_follow_the_request"],
     "draft-loop-syncs": [
-        "integration_tests/test_sampling.py::test_draft_loop_never_reads_the_device[cheap-head-adaptive-exit]",
+        "integration_tests/test_sampling.py::test_draft_loop_never_reads_the_device[cheap-head-adaptive-exit-fixed-k]",
     ],
     "drafts-shifted": [
         "integration_tests/test_lossless.py::test_float32_greedy_identical[4]",
         "integration_tests/test_sampling.py::test_sampled_tokens_follow_the_target_distribution"
-        "[probabilistic-cheap-head-adaptive-exit]",
+        "[probabilistic-cheap-head-adaptive-exit-controller-eager]",
     ],
 }
 
@@ -148,6 +149,19 @@ def tail(output: str) -> str:
     return "\n".join(output.splitlines()[-OUTPUT_TAIL_LINES:])
 
 
+def check_catching_tests_exist() -> None:
+    """Exit naming every test in ``CATCHING_TESTS`` that pytest no longer collects (renamed or re-parametrized)."""
+    tests = sorted({test for names in CATCHING_TESTS.values() for test in names})
+    files = sorted({test.split("::")[0] for test in tests})
+    result = subprocess.run([PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+                            cwd=ROOT, capture_output=True, text=True)
+    collected = [line for line in result.stdout.splitlines() if "::" in line]
+    missing = [test for test in tests
+               if not any(node == test or node.startswith((test + "[", test + "::")) for node in collected)]
+    if result.returncode != 0 or missing:
+        sys.exit(f"CATCHING_TESTS names tests pytest does not collect: {missing or tail(result.stdout)}")
+
+
 def run_pytest(copy: Path, tests: list[str]) -> tuple[int, str | None, str]:
     """Run ``tests`` in ``copy``: (exit status, first failing test's node id or None, output)."""
     result = subprocess.run(
@@ -170,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="first run the tests without a mutant; they must pass")
     args = parser.parse_args(argv)
     check_mutants_apply()
+    check_catching_tests_exist()
     names = [args.only] if args.only else list(MUTANTS)
     if args.list:
         for name in names:
