@@ -18,8 +18,8 @@ from vllm_selfspec.tools.tiny_models import write_tiny_model  # noqa: E402
 RAY_FILES = ("test_deploy_and_examples.py", "test_ray_serve.py", "test_ray_tp.py")
 """The files whose tests start Ray (marker ``ray``): one worker runs them all, one local cluster at a time."""
 RAY_GROUP = "ray"
-GROUP_ORDER = ("test_sampling.py", "test_server.py", "test_lossless.py", RAY_GROUP, "test_tune.py",
-               "test_engine_features.py", "test_architectures.py", "test_doctor.py")
+GROUP_ORDER = ("test_sampling.py", "test_server.py", "test_lossless.py", RAY_GROUP, "test_exact_sampling.py",
+               "test_tune.py", "test_engine_features.py", "test_architectures.py", "test_doctor.py")
 """The engine tests' groups, longest first, so that ``make test``'s two workers finish together
 (each worker has its own engine pool). Groups not named here follow (each a few seconds)."""
 

@@ -1,10 +1,12 @@
 """Mutation testing: run chosen tests against deliberately broken copies of the plugin.
 
-``python -m integration_tests.mutants`` (``make mutants``) applies each mutant to a
-temporary copy of the repository, runs its catching tests there with the copy first on
-``PYTHONPATH`` (so the plugin that vLLM's engine processes load through the entry point
-is the copy's), and prints which test caught it. Exits non-zero if any mutant survives,
-and at once if a catching test it names is no longer collected.
+``python -m integration_tests.mutants`` (``make mutants``) first runs every catching test on
+an unchanged copy (the baseline, which must pass), then applies each mutant to a temporary
+copy of the repository and runs its catching tests there with the copy first on
+``PYTHONPATH`` (so the plugin that vLLM's engine processes load through the entry point is
+the copy's). A mutant is caught only when a test fails by a failed assertion; an error, a
+crash or a timeout does not count. Exits non-zero if the baseline fails or any mutant
+survives, and at once if a catching test it names is no longer collected.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = ROOT / ".venv" / "bin" / "python"
 COPIED = ("vllm_selfspec", "tests", "integration_tests", "pyproject.toml")
 PROPOSER = "vllm_selfspec/glue/proposer.py"
-DRAFT_TOKENS_DOC_END = '        exit, each request\'s top-1 draft probability."""\n'
-"""The end of ``SelfSkipProposer._draft_tokens``'s docstring: every path that makes draft probabilities follows."""
+CONTROLLER = "vllm_selfspec/core/draft_length_controller.py"
+EXACT = "integration_tests/test_exact_sampling.py::test_sampling_is_exact"
 
 # name: (file, old text, new text); each old text must occur exactly once in its file.
 MUTANTS = {
@@ -38,18 +40,19 @@ MUTANTS = {
         "        positions = target_positions[token_indices_to_sample]\n",
         "        positions = target_positions[token_indices_to_sample] - 1\n",
     ),
-    "draft-probs-temperature-1": (
+    # An exactness bug: drafts sampled at the request's temperature, while the probabilities
+    # reported to the rejection sampler are those at 1.25 times it.
+    "draft-probs-misreported": (
         PROPOSER,
-        DRAFT_TOKENS_DOC_END,
-        DRAFT_TOKENS_DOC_END
-        + "        if sampling_metadata.temperature is not None:\n"
-        "            sampling_metadata = dataclasses.replace(\n"
-        "                sampling_metadata, temperature=torch.ones_like(sampling_metadata.temperature))\n",
+        "    return torch.where(is_greedy, probs.argmax(dim=-1), tokens), probs\n",
+        "    reported = (logits / 1.25).softmax(dim=-1, dtype=torch.float32)\n"
+        "    return torch.where(is_greedy, probs.argmax(dim=-1), tokens), reported\n",
     ),
-    "draft-top-p-ignored": (
+    # An exactness bug: every draft step reports the first step's probabilities.
+    "draft-probs-stale": (
         PROPOSER,
-        DRAFT_TOKENS_DOC_END,
-        DRAFT_TOKENS_DOC_END + "        sampling_metadata = dataclasses.replace(sampling_metadata, top_p=None)\n",
+        "                draft_probs.append(probs)\n",
+        "                draft_probs.append(draft_probs[0] if draft_probs else probs)\n",
     ),
     "draft-loop-syncs": (
         PROPOSER,
@@ -63,6 +66,36 @@ MUTANTS = {
         "        drafts = torch.stack(draft_ids, dim=1)\n",
         "        drafts = torch.roll(torch.stack(draft_ids, dim=1), 1, dims=1)\n",
     ),
+    "cheap-head-ids-unmapped": (
+        PROPOSER,
+        "            return self.model.draft_vocab_ids[best], None, top1 if self.exit_rule is not None else None\n",
+        "            return best, None, top1 if self.exit_rule is not None else None\n",
+    ),
+    "async-switch-not-refused": (
+        PROPOSER,
+        "        if self.vllm_config.scheduler_config.async_scheduling and (\n",
+        "        if False and self.vllm_config.scheduler_config.async_scheduling and (\n",
+    ),
+    "adaptive-exit-update-inverted": (
+        "vllm_selfspec/core/adaptive_exit.py",
+        "        elif self.acceptance_rate < self.target_acceptance:\n",
+        "        elif self.acceptance_rate > self.target_acceptance:\n",
+    ),
+    "controller-no-start-margin": (
+        CONTROLLER,
+        "START_DRAFTING_MARGIN = 0.10\n",
+        "START_DRAFTING_MARGIN = 0.0\n",
+    ),
+    "controller-one-half": (
+        CONTROLLER,
+        "        for half in (range(0, 2), range(2, 4)):\n",
+        "        for half in (range(0, 4),):\n",
+    ),
+    "tp-plans-not-compared": (
+        "vllm_selfspec/core/ranks.py",
+        "    if len(set(plans)) <= 1:\n",
+        "    if True:\n",
+    ),
 }
 
 # name: the tests that should catch it, run in this order under -x.
@@ -72,17 +105,28 @@ CATCHING_TESTS = {
         "integration_tests/test_lossless.py::test_float32_aggressive_skip_set_identical",
     ],
     "kv-one-slot-early": ["integration_tests/test_lossless.py::test_float32_aggressive_skip_set_identical"],
-    "draft-probs-temperature-1": ["integration_tests/test_sampling.py::test_draft_probabilities_follow_the_request"],
-    "draft-top-p-ignored": ["integration_tests/test_sampling.py::test_draft_probabilities_follow_the_request"],
+    "draft-probs-misreported": [f"{EXACT}[probabilistic-full-head-fixed-k]"],
+    "draft-probs-stale": [f"{EXACT}[probabilistic-full-head-fixed-k]"],
     "draft-loop-syncs": [
         "integration_tests/test_sampling.py::test_draft_loop_never_reads_the_device[cheap-head-adaptive-exit-fixed-k]",
     ],
     "drafts-shifted": [
         "integration_tests/test_lossless.py::test_float32_greedy_identical[4]",
-        "integration_tests/test_sampling.py::test_sampled_tokens_follow_the_target_distribution"
-        "[probabilistic-cheap-head-adaptive-exit-controller-eager]",
+        f"{EXACT}[probabilistic-full-head-fixed-k]",
     ],
+    "cheap-head-ids-unmapped": ["integration_tests/test_lossless.py::test_float32_greedy_identical_with_every_mechanism_on"],
+    "async-switch-not-refused": [
+        "integration_tests/test_lossless.py::test_float32_greedy_identical_under_async_scheduling",
+    ],
+    "adaptive-exit-update-inverted": ["tests/test_draft_mechanisms.py"],
+    "controller-no-start-margin": ["tests/test_draft_length_controller.py"],
+    "controller-one-half": ["tests/test_draft_length_controller.py"],
+    "tp-plans-not-compared": ["tests/test_ranks.py"],
 }
+
+ASSERTION_FAILURES = ("AssertionError", "assert ", "Failed: DID NOT RAISE")
+"""How pytest's ``E`` lines begin for a failed assertion (or a ``pytest.raises`` that saw nothing).
+An error, a crash or a timeout is no evidence that a test saw the fault."""
 
 OUTPUT_TAIL_LINES = 40
 
@@ -175,57 +219,65 @@ def run_pytest(copy: Path, tests: list[str]) -> tuple[int, str | None, str]:
     return result.returncode, failed[0] if failed else None, output
 
 
+def failed_assertion(output: str) -> str | None:
+    """The first failed assertion in pytest's output (its ``E`` line), or None if no test failed by one."""
+    if not any(line.startswith("FAILED ") for line in output.splitlines()):
+        return None  # only errors (a fixture, a crash) or nothing failed
+    for line in output.splitlines():
+        text = line[1:].strip() if line.startswith("E ") else ""
+        if text.startswith(ASSERTION_FAILURES):
+            return text
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=MUTANTS, help="run this mutant only")
+    parser.add_argument("--only", choices=MUTANTS, action="append", help="run this mutant only (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutants and their catching tests")
-    parser.add_argument("--tests", nargs="+", help="run these tests instead of the table's")
-    parser.add_argument("--baseline", action="store_true",
-                        help="first run the tests without a mutant; they must pass")
     args = parser.parse_args(argv)
     check_mutants_apply()
     check_catching_tests_exist()
-    names = [args.only] if args.only else list(MUTANTS)
+    names = args.only or list(MUTANTS)
     if args.list:
         for name in names:
-            print(f"{name:26} {MUTANTS[name][0]:34} {' '.join(CATCHING_TESTS[name])}")
+            print(f"{name:30} {MUTANTS[name][0]:40} {' '.join(CATCHING_TESTS[name])}")
         return 0
 
     started = time.monotonic()
-    runs = [(name, args.tests or CATCHING_TESTS[name]) for name in names]
-    if args.baseline:
-        runs.insert(0, (None, args.tests or sorted({test for name in names for test in CATCHING_TESTS[name]})))
-    rows, survived, baseline_failed = [], 0, False
-    for index, (mutant, tests) in enumerate(runs):
+    # The baseline first: the catching tests must pass on the plugin as it is, or no failure
+    # under a mutant says anything about the mutant.
+    runs = [(None, sorted({test for name in names for test in CATCHING_TESTS[name]}))]
+    runs += [(name, CATCHING_TESTS[name]) for name in names]
+    rows, survived = [], 0
+    for mutant, tests in runs:
         with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
             copy = make_copy(Path(tmp) / "repo", mutant)
-            if index == 0:
+            if mutant is None:
                 check_imports_resolve_to(copy)
             run_started = time.monotonic()
             status, node, output = run_pytest(copy, tests)
             seconds = time.monotonic() - run_started
-        label = mutant or "(baseline: no mutant)"
-        print(f"{label}: tests {'failed' if status else 'passed'} in {seconds:.1f} s", flush=True)
-        if mutant is None and status:
-            baseline_failed = True
-            print(f"--- the baseline failed; pytest output (tail):\n{tail(output)}\n", flush=True)
-        reason = next((line for line in output.splitlines() if line.startswith("E ")), "")
-        if mutant is not None and status and "Timeout" in reason:
-            status = 0  # a timeout is no evidence that the test saw the fault
-        if mutant is not None and not status:
+        if mutant is None:
+            print(f"(baseline: no mutant): tests {'FAILED' if status else 'passed'} in {seconds:.1f} s", flush=True)
+            if status:
+                print(f"--- the baseline failed, so no mutant is judged; pytest output (tail):\n{tail(output)}")
+                return 1
+            continue
+        assertion = failed_assertion(output)
+        caught = assertion is not None
+        print(f"{mutant}: {'caught' if caught else 'SURVIVED'} in {seconds:.1f} s"
+              + (f" by {node}: {assertion[:300]}" if caught else ""), flush=True)
+        if not caught:
             survived += 1
-            print(f"--- {mutant} survived; pytest output (tail):\n{tail(output)}\n", flush=True)
-        elif mutant is not None:
-            print(f"    {reason[:300]}", flush=True)
-        caught = "-" if mutant is None else "yes" if status else "no"
-        rows.append((label, caught, f"{seconds:.1f}", node or "-"))
+            print(f"--- {mutant}: no test failed by an assertion; pytest output (tail):\n{tail(output)}\n", flush=True)
+        rows.append((mutant, "yes" if caught else "no", f"{seconds:.1f}", node if caught else "-"))
 
-    print(f"\n{'mutant':26} {'caught':6} {'seconds':>8}  caught by (first failing test)")
+    print(f"\n{'mutant':30} {'caught':6} {'seconds':>8}  caught by (the test whose assertion failed)")
     for label, caught, seconds, node in rows:
-        print(f"{label:26} {caught:6} {seconds:>8}  {node}")
-    print(f"\n{len(names) - survived} of {len(names)} mutants caught, {survived} survived"
-          f"{'; the baseline FAILED' if baseline_failed else ''}; total {time.monotonic() - started:.1f} s")
-    return 1 if survived or baseline_failed else 0
+        print(f"{label:30} {caught:6} {seconds:>8}  {node}")
+    print(f"\nbaseline passed; {len(names) - survived} of {len(names)} mutants caught, {survived} survived; "
+          f"total {time.monotonic() - started:.1f} s")
+    return 1 if survived else 0
 
 
 if __name__ == "__main__":

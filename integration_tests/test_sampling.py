@@ -38,6 +38,8 @@ hands to the rejection sampler against the request's temperature, top-k and top-
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -98,7 +100,7 @@ def _draft_vocab_at_start(worker) -> list[int]:
     return drafter._test_head_at_start
 
 
-def _request_distribution(top_logprobs: np.ndarray, temperature: float, top_p: float | None) -> np.ndarray:
+def request_distribution(top_logprobs: np.ndarray, temperature: float, top_p: float | None) -> np.ndarray:
     """P over the top-50 tokens (descending raw logprob): temperature, then top-p as vLLM applies it
     (a token goes when the mass of the tokens below it, itself included, is at most 1 - top_p)."""
     scaled = top_logprobs / temperature
@@ -113,7 +115,7 @@ def _request_distribution(top_logprobs: np.ndarray, temperature: float, top_p: f
     return probs
 
 
-def _decide(probs: np.ndarray, ranks: np.ndarray, pit_noise: np.ndarray) -> dict:
+def decide(probs: np.ndarray, ranks: np.ndarray, pit_noise: np.ndarray) -> dict:
     """The test's decision for tokens at ``ranks`` (-1: outside the top 50) under ``probs`` [N, 50].
 
     ``ranks`` and ``pit_noise`` may carry leading simulation axes.
@@ -144,31 +146,46 @@ def _rejection_rate(probs: np.ndarray, sampling: np.ndarray, rng: np.random.Gene
     cdf = np.cumsum(sampling, axis=-1)
     draws = rng.random((SIMULATIONS, len(probs)))
     ranks = np.minimum((draws[..., None] > cdf[None]).sum(-1), probs.shape[-1] - 1)
-    return float(_decide(probs, ranks, rng.random(ranks.shape))["rejected"].mean())
+    return float(decide(probs, ranks, rng.random(ranks.shape))["rejected"].mean())
 
 
-def _sample(llm, prompts: list[str]) -> tuple[list[list[int]], list[list[int]], SpecDecodeCounts]:
+def reseed(worker, seed: int) -> None:
+    """Restart the worker's random stream, the one vLLM samples every request without a seed from."""
+    torch.manual_seed(seed)
+
+
+def sample(llm, prompts: list[str], seed: int) -> tuple[list[list[int]], list[list[int]], SpecDecodeCounts]:
+    """``SAMPLES_PER_PROMPT`` continuations of each prompt, drawn from the random stream ``seed`` starts.
+
+    Each round reseeds the workers, so rounds with different seeds are independent draws
+    whatever ran on the engine before. Not per-request seeds: vLLM 0.32's CPU runner rewinds
+    a request's generator when it discards a partial prefill's token, which a CPU generator
+    cannot do (``CPU Generator does not use offset``).
+    """
     params = SamplingParams(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, max_tokens=MAX_TOKENS,
                             ignore_eos=True)
     requests = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)]
     before = SpecDecodeCounts.read(llm)
-    # Engine-seeded (seed=0), not per-request seeds: vLLM 0.32's CPU runner cannot
-    # rewind a per-request generator when a prefill chunk is discarded.
+    llm.collective_rpc(reseed, args=(seed,))
     outputs = llm.generate(requests, params, use_tqdm=False)
     counts = SpecDecodeCounts.read(llm).minus(before)
     return [list(o.prompt_token_ids) for o in outputs], [list(o.outputs[0].token_ids) for o in outputs], counts
 
 
-def _score(plain, prompt_ids: list[list[int]], samples: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Plain vLLM's top-50 raw logprobs after each sampled prefix, and each sampled token's rank in them."""
-    prefixes = sorted({(tuple(p), tuple(s[:j])) for p, s in zip(prompt_ids, samples) for j in range(1, MAX_TOKENS)})
-    outputs = plain.generate([{"prompt_token_ids": list(p + s)} for p, s in prefixes],
-                             SamplingParams(temperature=0.0, max_tokens=1, logprobs=TOP_K, detokenize=False),
+def score(plain, prompt_ids: list[list[int]], samples: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Plain vLLM's top-50 raw logprobs after each sampled prefix, and each sampled token's rank in them.
+
+    One prefill per distinct sampled sequence: its prompt logprobs score every position.
+    """
+    sequences = sorted({(tuple(p), tuple(s)) for p, s in zip(prompt_ids, samples)})
+    outputs = plain.generate([{"prompt_token_ids": list(p + s)} for p, s in sequences],
+                             SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=TOP_K, detokenize=False),
                              use_tqdm=False)
     top = {}
-    for key, output in zip(prefixes, outputs):
-        ranked = sorted(output.outputs[0].logprobs[0].items(), key=lambda kv: -kv[1].logprob)[:TOP_K]
-        top[key] = ([t for t, _ in ranked], [lp.logprob for _, lp in ranked])
+    for (p, s), output in zip(sequences, outputs):
+        for j in range(1, MAX_TOKENS):
+            ranked = sorted(output.prompt_logprobs[len(p) + j].items(), key=lambda kv: -kv[1].logprob)[:TOP_K]
+            top[(p, s[:j])] = ([t for t, _ in ranked], [lp.logprob for _, lp in ranked])
     logprobs, ranks = [], []
     for p, s in zip(prompt_ids, samples):
         for j in range(1, MAX_TOKENS):
@@ -194,26 +211,26 @@ def prompts(engines, default_model):
     # vLLM's default mode, every mechanism on; in make test-extended (one more engine).
     pytest.param("probabilistic", HEADS[2], "compiled", marks=pytest.mark.extended),
 ], ids=lambda value: value)
-def test_sampled_tokens_follow_the_target_distribution(engines, default_model, plain, prompts,
+def test_sampled_tokens_follow_the_target_distribution(engines, default_model, plain, prompts, request,
                                                        draft_sample_method, head, mode):
     llm = engines.get(default_model, _self_skip_spec(draft_sample_method),
                       dtype="float32", **COMPILATION_MODES[mode])
     _configure(llm, head)
-    prompt_ids, samples, spec = _sample(llm, prompts)
+    prompt_ids, samples, spec = sample(llm, prompts, seed=zlib.crc32(request.node.name.encode()))
     # Both branches of rejection sampling ran: accepted drafts, and rejected ones replaced
     # by a sample from the residual distribution.
     assert spec.drafts > 0 and 0 < spec.accepted_tokens < spec.draft_tokens, spec
     if head.endswith("controller"):
         [steps] = draft_lengths(llm)
         assert len({k for _, k in steps}) >= 2, steps  # the controller changed K
-    logprobs, ranks = _score(plain, prompt_ids, samples)
-    probs = _request_distribution(logprobs, TEMPERATURE, TOP_P)
-    observed = _decide(probs, ranks, np.random.default_rng(0).random(ranks.shape))
+    logprobs, ranks = score(plain, prompt_ids, samples)
+    probs = request_distribution(logprobs, TEMPERATURE, TOP_P)
+    observed = decide(probs, ranks, np.random.default_rng(0).random(ranks.shape))
 
     rng = np.random.default_rng(1)
     false_alarms = _rejection_rate(probs, probs, rng)
-    power_temperature = _rejection_rate(probs, _request_distribution(logprobs, 1.0, TOP_P), rng)
-    power_top_p = _rejection_rate(probs, _request_distribution(logprobs, TEMPERATURE, None), rng)
+    power_temperature = _rejection_rate(probs, request_distribution(logprobs, 1.0, TOP_P), rng)
+    power_top_p = _rejection_rate(probs, request_distribution(logprobs, TEMPERATURE, None), rng)
     summary = (f"{len(ranks)} tokens, acceptance {spec.acceptance_rate:.2f}: impossible {observed['impossible']}, "
                f"z {observed['z']:.2f}, PIT chi-square {observed['chi_square']:.1f}; simulated false-alarm rate "
                f"{false_alarms:.3f}, power vs T=1.0 {power_temperature:.3f}, vs top-p ignored {power_top_p:.3f}")

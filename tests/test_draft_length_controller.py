@@ -145,7 +145,7 @@ def test_drafting_starts_only_where_it_pays_by_the_start_margin(gain, drafts):
 @pytest.mark.parametrize("gain, keeps_drafting", [(0.01, False), (0.07, True)])
 def test_drafting_stops_once_it_pays_by_less_than_the_hysteresis(gain, keeps_drafting):
     """Drafting paid 1.4x and K = 2 was adopted; then it pays only ``gain``. Under HYSTERESIS
-    (1%) the bucket goes back to K = 0; between the two margins (7%) it keeps drafting."""
+    (3%; here 1%) the bucket goes back to K = 0; between the two margins (7%) it keeps drafting."""
     assert 0.01 < HYSTERESIS < 0.07 < START_DRAFTING_MARGIN
     later = lambda k, step: 100.0 * (1 + gain * min(k, 1) - 0.05 * max(k - 2, 0)) if k != 1 else 95.0
     controller = DraftLengthController(3)
@@ -177,7 +177,8 @@ def test_notices_when_drafting_stops_paying():
     controller = DraftLengthController(4)
     regime_change = lambda k, step: pays_at(3)(k, step) if step < 1500 else never_pays(k, step)
     chosen = run(controller, regime_change, 4000)
-    assert chosen[1400] == 3 or controller.buckets[0].incumbent is not None
+    before_change = chosen[1000:1500]
+    assert before_change.count(3) / len(before_change) > 0.8, before_change  # drafting at K = 3 first
     assert controller.buckets[0].incumbent == 0
     switched = next(step for step in range(1500, 4000) if chosen[step:step + 200].count(0) >= 150)
     assert switched < 1500 + 1000, f"took {switched - 1500} steps to stop drafting"

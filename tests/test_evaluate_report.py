@@ -109,3 +109,40 @@ def test_rows_without_a_drafts_count_drafted_where_drafts_were_accepted():
     met = {name: m for name, m, _ in must_show_checks(rows, shipped_is_plain=True)}
     assert met["tuned profile beats the best fixed pattern, greedy batch 1"] is None
     assert met["greedy outputs identical to plain with every mechanism on"] is None
+
+
+def _with_rounds(rows, rates):
+    """Rows with per-round speeds: ``rates[(variant, batch_size)]`` (plain's rounds 100 tok/s each)."""
+    out = []
+    for r in rows:
+        rounds = rates.get((r["variant"], r["batch_size"]), [100.0, 100.0, 100.0] if r["variant"] == "plain" else None)
+        out.append({**r, "round_rates": rounds} if rounds else r)
+    return out
+
+
+def test_speed_verdicts_only_outside_the_rounds_noise():
+    rows = _with_rounds(_rows(), {
+        ("profile as shipped", 1): [105.0, 112.0, 116.0],  # straddles 1.10x: no verdict
+        ("profile as shipped", 8): [96.0, 97.0, 97.5],  # every round under 0.98x: not met
+        ("profile as shipped", 32): [98.0, 99.0, 101.0],  # every round at or over 0.98x: met
+        (TUNED, 1): [100.0, 111.0, 120.0],  # overlaps the best fixed pattern's rounds: no verdict
+        ("fixed: attention_only", 1): [94.0, 95.0, 101.0],
+    })
+    checks = {name: (met, figures) for name, met, figures in must_show_checks(rows)}
+    assert checks["profile as shipped >= 1.10x plain, greedy batch 1"] == (None, "1.12x (rounds 1.05-1.16x)")
+    assert checks["profile as shipped >= 0.98x plain, batch 8"] == (False, "0.97x (rounds 0.96-0.97x)")
+    assert checks["profile as shipped >= 0.98x plain, batch 32"] == (True, "0.99x (rounds 0.98-1.01x)")
+    met, figures = checks["tuned profile beats the best fixed pattern, greedy batch 1"]
+    assert met is None and figures.endswith("within the rounds' noise: 100.0-120.0 vs 94.0-101.0 tok/s")
+    rows = _with_rounds(_rows(), {(TUNED, 1): [102.0, 111.0, 120.0], ("fixed: attention_only", 1): [94.0, 95.0, 101.0]})
+    assert dict((n, m) for n, m, _ in must_show_checks(rows))[
+        "tuned profile beats the best fixed pattern, greedy batch 1"] is True
+
+
+def test_identity_is_a_criterion_in_float32_only():
+    rows = _rows()  # one configuration differs from plain vLLM
+    assert dict((n, m) for n, m, _ in must_show_checks(rows))[
+        "greedy outputs identical to plain with every mechanism on"] is False
+    met, figures = {n: (m, f) for n, m, f in must_show_checks(rows, dtype="bfloat16")}[
+        "greedy outputs identical to plain with every mechanism on"]
+    assert met is None and figures.startswith("identity is checked in float32; this run used bfloat16")

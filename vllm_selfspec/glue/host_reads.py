@@ -71,17 +71,25 @@ def watch_propose(drafter) -> None:
     """Record host reads inside each of ``drafter``'s ``propose`` calls, until :func:`unwatch_propose`."""
     recorder = HostReadRecorder()
     report = {"calls": 0, "reads": recorder.reads}
+    # An instance's own wrapper (the TEST-ONLY delay) stays in the call, and comes back after.
+    unwatched = drafter.__dict__.get("propose")
+    propose = drafter.propose
 
     def watched(*args, **kwargs):
         report["calls"] += 1
         with recorder:
-            return type(drafter).propose(drafter, *args, **kwargs)
+            return propose(*args, **kwargs)
 
     drafter.propose = watched
     drafter.selfspec_host_reads = report
+    drafter.selfspec_unwatched_propose = unwatched
 
 
 def unwatch_propose(drafter) -> dict:
     """Stop watching; return ``{"calls": propose calls, "reads": ["tolist at proposer.py:123", ...]}``."""
-    del drafter.propose  # back to the class's method
+    unwatched = drafter.__dict__.pop("selfspec_unwatched_propose")
+    if unwatched is None:
+        del drafter.propose  # back to the class's method
+    else:
+        drafter.propose = unwatched
     return drafter.__dict__.pop("selfspec_host_reads")

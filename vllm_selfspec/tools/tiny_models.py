@@ -50,3 +50,31 @@ def write_tiny_model(kind: str, folder: Path, tokenizer_from: Path, num_layers: 
         if (tokenizer_from / name).exists():
             shutil.copy(tokenizer_from / name, folder / name)
     return folder
+
+
+TINY_VOCAB_SIZE = 32
+"""The exact sampling test's vocabulary: small enough to enumerate every short continuation."""
+
+
+def write_tiny_vocab_model(folder: Path, vocab_size: int = TINY_VOCAB_SIZE, num_layers: int = 4,
+                           head_scale: float = 6.0, max_positions: int = 4096) -> Path:
+    """Save a random Llama with a ``vocab_size``-token vocabulary and no tokenizer into ``folder``.
+
+    For exactness tests only (engines start it with ``skip_tokenizer_init`` and take token-id
+    prompts): plain vLLM's logprobs over the whole vocabulary give the target's distribution
+    exactly. ``head_scale`` enlarges the LM head so that rows are neither flat nor one-hot.
+    """
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(
+        num_hidden_layers=num_layers, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=64, vocab_size=vocab_size, max_position_embeddings=max_positions,
+        tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(head_scale)
+    model.save_pretrained(folder)
+    return folder

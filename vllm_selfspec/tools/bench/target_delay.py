@@ -31,22 +31,35 @@ class TargetDelayWorkerExtension(DraftSwitchingWorkerExtension):
         tokens sleeps K times as long)."""
         _sleep_after_each_call(self.model_runner.drafter, "propose", seconds, per=lambda drafts: drafts.shape[1])
 
+    def selfspec_delayed_calls(self) -> dict[str, int]:
+        """How many calls each delay has slept after so far: ``{"target": n, "draft": n}``."""
+        return {"target": _slept_calls(self.model_runner, "_model_forward"),
+                "draft": _slept_calls(self.model_runner.drafter, "propose")}
+
 
 def _sleep_after_each_call(owner, method: str, seconds: float, per=lambda output: 1) -> None:
     """Make ``owner.method`` sleep ``seconds × per(its output)`` after each call. The wrapper is
     installed once; later calls only change the delay (0 turns it off)."""
     delays = owner.__dict__.setdefault("_selfspec_delays", {})
+    slept = owner.__dict__.setdefault("_selfspec_slept_calls", {})
     if method not in delays:
         original = getattr(owner, method)
+        slept[method] = 0
 
         def delayed(*args, **kwargs):
             output = original(*args, **kwargs)
-            if delays[method]:
-                time.sleep(delays[method] * per(output))
+            seconds_now = delays[method] * per(output)
+            if seconds_now:
+                time.sleep(seconds_now)
+                slept[method] += 1
             return output
 
         setattr(owner, method, delayed)
     delays[method] = seconds
+
+
+def _slept_calls(owner, method: str) -> int:
+    return owner.__dict__.get("_selfspec_slept_calls", {}).get(method, 0)
 
 
 TARGET_DELAY_EXTENSION = f"{__name__}.{TargetDelayWorkerExtension.__qualname__}"
