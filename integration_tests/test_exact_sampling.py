@@ -45,7 +45,7 @@ CHEAP_HEAD = list(range(0, TINY_VOCAB_SIZE, 2))
 SHORT_PROMPT = [0, 5, 9, 3, 7, 2]
 SAMPLES = 12_288
 ONE_AT_A_TIME = 300
-CHUNKED = 768
+CHUNKED = 512
 ENGINE = dict(skip_tokenizer_init=True, enforce_eager=True, max_logprobs=TINY_VOCAB_SIZE, max_model_len=4096,
               max_num_seqs=512, max_num_batched_tokens=2048, kv_cache_memory_bytes=512 << 20)
 """A decode step of 512 requests with K=3 drafts fills the 2,048-token budget, so long prompts are chunked."""
