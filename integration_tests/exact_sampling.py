@@ -166,9 +166,8 @@ def _sum_by(counts: np.ndarray, groups: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class NullModel:
-    """Each G statistic's null as a scaled chi-square (matched mean and variance), at sample size ``n``."""
+    """Each G statistic's null, at one sample size, as a scaled chi-square (matched mean and variance)."""
 
-    n: int
     scale: dict[str, float]
     dof: dict[str, float]
 
@@ -180,7 +179,7 @@ class NullModel:
             mean, var = values.mean(), values.var()
             if name.startswith("G") and var > 0:  # a position with one possible token tells nothing
                 scale[name], dof[name] = var / (2 * mean), 2 * mean**2 / var
-        return cls(n, scale, dof)
+        return cls(scale, dof)
 
     def p_values(self, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}

@@ -114,7 +114,9 @@ CATCHING_TESTS = {
         "integration_tests/test_lossless.py::test_float32_greedy_identical[4]",
         f"{EXACT}[probabilistic-full-head-fixed-k]",
     ],
-    "cheap-head-ids-unmapped": ["integration_tests/test_lossless.py::test_float32_greedy_identical_with_every_mechanism_on"],
+    "cheap-head-ids-unmapped": [
+        "integration_tests/test_lossless.py::test_float32_greedy_identical_with_every_mechanism_on",
+    ],
     "async-switch-not-refused": [
         "integration_tests/test_lossless.py::test_float32_greedy_identical_under_async_scheduling",
     ],

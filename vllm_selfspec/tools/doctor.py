@@ -59,7 +59,8 @@ def _scheduling_line(llms: dict) -> str:
     if current_platform.is_cpu():
         return f"{line} (the CPU platform turns async scheduling off)"
     spec = llms["self_skip"].llm_engine.vllm_config.speculative_config
-    if mode(llms["self_skip"]) != mode(llms["plain"]) and spec is not None and spec.draft.chooses_length_while_drafting():
+    chooses_length = spec is not None and spec.draft.chooses_length_while_drafting()
+    if mode(llms["self_skip"]) != mode(llms["plain"]) and chooses_length:
         return f"{line} ({NO_ASYNC_SCHEDULING_REASON})"
     return line
 

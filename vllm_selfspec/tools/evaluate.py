@@ -260,10 +260,10 @@ def _against(values: list[float], target: float) -> bool | None:
     return False if max(values) < target else None
 
 
-def _spread(values: list[float], unit: str = "x") -> str:
+def _spread(ratios: list[float]) -> str:
     """``1.02x`` for one figure, ``1.02x (rounds 0.97-1.06x)`` for several."""
-    median = sorted(values)[len(values) // 2]
-    return f"{median:.2f}{unit}" if len(values) == 1 else f"{median:.2f}{unit} (rounds {min(values):.2f}-{max(values):.2f}{unit})"
+    median = f"{sorted(ratios)[len(ratios) // 2]:.2f}x"
+    return median if len(ratios) == 1 else f"{median} (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
 
 
 def must_show_checks(rows: list[dict], shipped_is_plain: bool = False, target_speedup: float = DEFAULT_TARGET_SPEEDUP,
