@@ -42,14 +42,19 @@ def request_distribution(logprobs: np.ndarray, temperature: float, top_k: int, t
     order = np.argsort(-logprobs, kind="stable")
     scaled = logprobs[order][:top_k] / temperature
     probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    keep = np.cumsum(probs[::-1])[::-1] > 1 - top_p
-    keep[0] = True
-    probs = np.where(keep, probs, 0.0)
-    probs /= probs.sum()
     full = np.zeros(len(logprobs))
-    full[order[:top_k]] = probs
+    full[order[:top_k]] = keep_top_p(probs / probs.sum(), top_p)
     return full
+
+
+def keep_top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """vLLM's top-p on probabilities sorted in descending order along the last axis, renormalised:
+    a token goes when the mass of the tokens ranked below it, itself included, is at most
+    ``1 - top_p``; the top token always stays."""
+    keep = np.cumsum(probs[..., ::-1], axis=-1)[..., ::-1] > 1 - top_p
+    keep[..., 0] = True
+    probs = np.where(keep, probs, 0.0)
+    return probs / probs.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -166,8 +171,9 @@ def _sum_by(counts: np.ndarray, groups: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class NullModel:
-    """Each G statistic's null, at one sample size, as a scaled chi-square (matched mean and variance)."""
+    """Each G statistic's null at sample size ``n``, as a scaled chi-square (matched mean and variance)."""
 
+    n: int
     scale: dict[str, float]
     dof: dict[str, float]
 
@@ -179,7 +185,7 @@ class NullModel:
             mean, var = values.mean(), values.var()
             if name.startswith("G") and var > 0:  # a position with one possible token tells nothing
                 scale[name], dof[name] = var / (2 * mean), 2 * mean**2 / var
-        return cls(scale, dof)
+        return cls(n, scale, dof)
 
     def p_values(self, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
@@ -189,6 +195,11 @@ class NullModel:
             elif not name.startswith("G"):
                 out[name] = 2 * norm.sf(np.abs(values))
         return out
+
+    @staticmethod
+    def rejects(p_values: dict[str, np.ndarray], alpha: float) -> np.ndarray:
+        """The decision: some statistic's p-value under ``alpha`` split over the statistics."""
+        return np.min(np.stack(list(p_values.values())), axis=0) < alpha / len(p_values)
 
 
 @dataclass
@@ -207,22 +218,20 @@ class Verdict:
 
 
 def judge(dist: ContinuationDistribution, samples: list[list[int]], alpha: float,
-          rng: np.random.Generator) -> Verdict:
-    """Judge sampled continuations against the exact distribution at false-alarm rate ``alpha``."""
+          rng: np.random.Generator) -> tuple[Verdict, NullModel]:
+    """Judge sampled continuations against the exact distribution at false-alarm rate ``alpha``;
+    also return the null simulated for their number (for :func:`decision_rates`)."""
     counts, outside = dist.cell_counts(samples)
     null = NullModel.simulate(dist, int(counts.sum()), rng)
     all_stats = dist.statistics(counts)
     p_values = {name: float(value) for name, value in null.p_values(all_stats).items()}
     stats = {name: float(all_stats[name]) for name in p_values}
-    rejected = outside > 0 or min(p_values.values()) < alpha / len(p_values)
-    return Verdict(int(counts.sum()), outside, stats, p_values, rejected)
+    rejected = outside > 0 or bool(null.rejects(p_values, alpha))
+    return Verdict(null.n, outside, stats, p_values, rejected), null
 
 
-def decision_rates(dist: ContinuationDistribution, probs: np.ndarray, n: int, alpha: float,
+def decision_rates(dist: ContinuationDistribution, probs: np.ndarray, null: NullModel, alpha: float,
                    rng: np.random.Generator, simulations: int = 1000) -> float:
-    """How often :func:`judge`'s rule rejects ``n`` continuations drawn from ``probs`` (over ``dist``'s cells)."""
-    null = NullModel.simulate(dist, n, rng)
-    counts = rng.multinomial(n, probs, size=simulations)
-    p_values = null.p_values(dist.statistics(counts))
-    smallest = np.min(np.stack(list(p_values.values())), axis=0)
-    return float((smallest < alpha / len(p_values)).mean())
+    """How often :func:`judge`'s rule rejects ``null.n`` continuations drawn from ``probs`` (over ``dist``'s cells)."""
+    counts = rng.multinomial(null.n, probs, size=simulations)
+    return float(null.rejects(null.p_values(dist.statistics(counts)), alpha).mean())

@@ -141,9 +141,9 @@ def _judge(name: str, dist: ContinuationDistribution, samples: list[list[int]], 
     """Assert the continuations pass and the simulated false-alarm rate is as claimed; return the
     simulated power against a ``delta`` move, and the summary."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    verdict = judge(dist, samples, ALPHA, rng)
-    false_alarms = decision_rates(dist, dist.probs, verdict.n, ALPHA * 100, rng, simulations=500)
-    power = decision_rates(dist, dist.biased(delta), verdict.n, ALPHA, rng, simulations=200)
+    verdict, null = judge(dist, samples, ALPHA, rng)
+    false_alarms = decision_rates(dist, dist.probs, null, ALPHA * 100, rng, simulations=500)
+    power = decision_rates(dist, dist.biased(delta), null, ALPHA, rng, simulations=200)
     summary = (f"{name}: {verdict.describe()}; simulated rejection rate at 100x the nominal rate "
                f"{false_alarms:.3f}, power against a {delta:.0%} move {power:.2f}")
     print(summary)

@@ -48,6 +48,7 @@ import torch
 from scipy.stats import chi2, norm
 from vllm import SamplingParams
 
+from integration_tests.exact_sampling import keep_top_p
 from integration_tests.helpers import COMPILATION_MODES, QUICK_CONTROLLER, draft_lengths, switch_draft
 from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts
 
@@ -103,18 +104,11 @@ def _draft_vocab_at_start(worker) -> list[int]:
 
 
 def request_distribution(top_logprobs: np.ndarray, temperature: float, top_p: float | None) -> np.ndarray:
-    """P over the top-50 tokens (descending raw logprob): temperature, then top-p as vLLM applies it
-    (a token goes when the mass of the tokens below it, itself included, is at most 1 - top_p)."""
+    """P over the top-50 tokens (descending raw logprob): temperature, then top-p as vLLM applies it."""
     scaled = top_logprobs / temperature
     probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
-    if top_p is not None:
-        mass_from_below = np.cumsum(probs[..., ::-1], axis=-1)[..., ::-1]
-        keep = mass_from_below > 1 - top_p
-        keep[..., 0] = True
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum(axis=-1, keepdims=True)
-    return probs
+    return probs if top_p is None else keep_top_p(probs, top_p)
 
 
 def decide(probs: np.ndarray, ranks: np.ndarray, pit_noise: np.ndarray) -> dict:

@@ -41,10 +41,11 @@ def test_a_correct_sampler_passes_and_a_biased_one_fails(dist):
     assert biased.sum() == pytest.approx(1.0) and not np.allclose(biased, dist.probs)
     correct = dist.sequences[rng.choice(len(dist.probs), 20_000, p=dist.probs)].tolist()
     wrong = dist.sequences[rng.choice(len(dist.probs), 20_000, p=biased)].tolist()
-    assert not judge(dist, correct, 0.001, rng).rejected
-    verdict = judge(dist, wrong, 0.001, rng)
+    assert not judge(dist, correct, 0.001, rng)[0].rejected
+    verdict, null = judge(dist, wrong, 0.001, rng)
     assert verdict.rejected, verdict.describe()
-    assert judge(dist, correct + [[VOCAB - 1] * 4], 0.001, rng).outside_support == 1
+    assert judge(dist, correct + [[VOCAB - 1] * 4], 0.001, rng)[0].outside_support == 1
     # The rule's rates, simulated: near the nominal rate under the exact distribution, high under the bias.
-    assert decision_rates(dist, dist.probs, 20_000, 0.05, rng, simulations=400) < 0.1
-    assert decision_rates(dist, biased, 20_000, 0.001, rng, simulations=100) > 0.9
+    assert null.n == 20_000
+    assert decision_rates(dist, dist.probs, null, 0.05, rng, simulations=400) < 0.1
+    assert decision_rates(dist, biased, null, 0.001, rng, simulations=100) > 0.9
