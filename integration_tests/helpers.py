@@ -14,6 +14,7 @@ from vllm import LLM, SamplingParams
 
 from vllm_selfspec.core.draft_length_controller import ControllerSettings
 from vllm_selfspec.core.draft_settings import DraftSettings
+from vllm_selfspec.glue.engine_calls import configure_draft, draft_lengths_record
 from vllm_selfspec.tools.bench.target_delay import TARGET_DELAY_EXTENSION
 from vllm_selfspec.tools.engine_runs import (
     SpecDecodeCounts,
@@ -121,7 +122,8 @@ exploring every 4 steps however slow the arm, so that K changes inside short req
 def switch_draft(llm: LLM, *, skip_attn: list[int], skip_mlp: list[int], num_speculative_tokens: int,
                  draft_vocab: list[int] = (), adaptive_exit: bool = False, target_acceptance: float = 0.9,
                  controller: ControllerSettings | None = None) -> str:
-    """Install these draft settings in every worker of a pooled self_skip engine; return the plan.
+    """Install these draft settings in a pooled self_skip engine (its scheduler's booking and every
+    worker's draft); return the plan.
 
     ``num_speculative_tokens`` caps the draft length under the engine's K; with ``controller``
     the draft-length controller chooses K up to it."""
@@ -129,12 +131,12 @@ def switch_draft(llm: LLM, *, skip_attn: list[int], skip_mlp: list[int], num_spe
                              num_speculative_tokens=num_speculative_tokens, draft_vocab=tuple(draft_vocab),
                              adaptive_exit=adaptive_exit, draft_exit_target_acceptance=target_acceptance,
                              draft_length_controller=controller)
-    return llm.collective_rpc("selfspec_configure_draft", args=(settings.to_builtins(),))[0]
+    return configure_draft(llm, settings)
 
 
-def draft_lengths(llm: LLM) -> list[list[tuple[int, int]]]:
-    """Every worker's record of the draft-length controller: (batch size, K) per step."""
-    return [[tuple(step) for step in record["steps"]] for record in llm.collective_rpc("selfspec_draft_lengths")]
+def draft_lengths(llm: LLM) -> list[tuple[int, int]]:
+    """The scheduler's record of the draft-length controller: (batch size, K) per booked step."""
+    return [tuple(step) for step in draft_lengths_record(llm)["steps"]]
 
 
 def greedy_run(llm: LLM, *, max_tokens: int = 128, singles: int = 4, num_prompts: int = 16,

@@ -56,10 +56,16 @@ MUTANTS = {
     ),
     "draft-loop-syncs": (
         PROPOSER,
-        "                self._still_confident.put(step, confident.any())\n",
-        "                self._still_confident.put(step, confident.any())\n"
-        "                if not bool(confident.any()):\n"
-        "                    break\n",
+        "            draft_ids.append(tokens)\n",
+        "            draft_ids.append(tokens)\n"
+        "            if int(tokens[0]) < 0:\n"
+        "                break\n",
+    ),
+    "scheduler-booking-ignored": (
+        PROPOSER,
+        "        self.num_speculative_tokens = num_speculative_tokens\n",
+        "        num_speculative_tokens = self.settings.num_speculative_tokens\n"
+        "        self.num_speculative_tokens = num_speculative_tokens\n",
     ),
     "drafts-shifted": (
         PROPOSER,
@@ -72,9 +78,9 @@ MUTANTS = {
         "            return best, None, top1 if self.exit_rule is not None else None\n",
     ),
     "async-switch-not-refused": (
-        PROPOSER,
-        "        if self.vllm_config.scheduler_config.async_scheduling and (\n",
-        "        if False and self.vllm_config.scheduler_config.async_scheduling and (\n",
+        "vllm_selfspec/glue/scheduler.py",
+        "        if self.scheduler_config.async_scheduling and settings.adaptive_exit:\n",
+        "        if False and self.scheduler_config.async_scheduling and settings.adaptive_exit:\n",
     ),
     "adaptive-exit-update-inverted": (
         "vllm_selfspec/core/adaptive_exit.py",
@@ -108,7 +114,12 @@ CATCHING_TESTS = {
     "draft-probs-misreported": [f"{EXACT}[probabilistic-full-head-fixed-k]"],
     "draft-probs-stale": [f"{EXACT}[probabilistic-full-head-fixed-k]"],
     "draft-loop-syncs": [
-        "integration_tests/test_sampling.py::test_draft_loop_never_reads_the_device[cheap-head-adaptive-exit-fixed-k]",
+        "integration_tests/test_sampling.py::test_draft_loop_drafts_as_booked_without_unplanned_reads"
+        "[cheap-head-adaptive-exit-fixed-k]",
+    ],
+    "scheduler-booking-ignored": [
+        "integration_tests/test_sampling.py::test_draft_loop_drafts_as_booked_without_unplanned_reads"
+        "[full-head-fixed-length-controller]",
     ],
     "drafts-shifted": [
         "integration_tests/test_lossless.py::test_float32_greedy_identical[4]",

@@ -217,19 +217,42 @@ def test_async_scheduling_follows_vllms_draft_model_rules_for_fixed_length_draft
         build_config(tiny_llama, {**FIXED_LENGTH, "disable_padded_drafter_batch": True}, async_scheduling=True)
 
 
-@pytest.mark.parametrize("chooser", [{"adaptive_exit": True}, {"draft_length_controller": True}])
-def test_async_scheduling_is_off_where_the_draft_chooses_its_length(tiny_llama, async_scheduling_kept_on_cpu,
-                                                                     chooser, caplog):
-    spec = {**FIXED_LENGTH, **chooser}
-    if "draft_length_controller" in chooser:
-        del spec["num_speculative_tokens"]
+def test_adaptive_exit_set_on_keeps_async_scheduling_off(tiny_llama, async_scheduling_kept_on_cpu, caplog):
+    spec = {**FIXED_LENGTH, "adaptive_exit": True}
     with caplog.at_level("INFO", logger="vllm"):
         config = build_config(tiny_llama, spec)
     assert config.scheduler_config.async_scheduling is False
+    assert config.scheduler_config.scheduler_cls.endswith(".SelfSkipScheduler")
     assert "self_skip runs without async scheduling" in caplog.text
-    assert config.speculative_config.draft.chooses_length_while_drafting()
-    with pytest.raises(ValueError, match=r"async_scheduling=True \(--async-scheduling\).*adaptive exit"):
+    assert config.speculative_config.draft.adaptive_exit
+    with pytest.raises(ValueError, match=r"async_scheduling=True \(--async-scheduling\).*set adaptive_exit=false"):
         build_config(tiny_llama, spec, async_scheduling=True)
+
+
+def test_the_default_config_keeps_async_scheduling_and_books_in_the_scheduler(
+        tiny_llama, async_scheduling_kept_on_cpu, caplog):
+    """No K, no profile: the controller books K in the async scheduler, and adaptive exit, on by
+    default, gives way; with async scheduling off it stays on."""
+    with caplog.at_level("INFO", logger="vllm"):
+        config = build_config(tiny_llama, {"method": "self_skip"})
+    assert config.scheduler_config.async_scheduling is True
+    assert config.scheduler_config.scheduler_cls.endswith(".SelfSkipAsyncScheduler")
+    draft = config.speculative_config.draft
+    assert draft.draft_length_controller is not None and not draft.adaptive_exit
+    assert "adaptive exit is off by default under async scheduling" in caplog.text
+    synchronous = build_config(tiny_llama, {"method": "self_skip"}, async_scheduling=False)
+    assert synchronous.scheduler_config.scheduler_cls.endswith(".SelfSkipScheduler")
+    assert synchronous.speculative_config.draft.adaptive_exit
+    # The controller with async scheduling asked for: accepted.
+    asked = build_config(tiny_llama, {"method": "self_skip", "draft_length_controller": True}, async_scheduling=True)
+    assert asked.scheduler_config.async_scheduling is True
+
+
+def test_a_scheduler_class_of_the_users_is_refused(tiny_llama):
+    with pytest.raises(ValueError, match=r"scheduler_cls='my.Scheduler': self_skip books each step's draft length"):
+        build_config(tiny_llama, {"method": "self_skip"}, scheduler_cls="my.Scheduler")
+    # Without self_skip vLLM takes it as given.
+    assert build_config(tiny_llama, scheduler_cls="my.Scheduler").scheduler_config.scheduler_cls == "my.Scheduler"
 
 
 def test_without_the_shim_the_cpu_platform_turns_async_scheduling_off(tiny_llama):

@@ -19,7 +19,9 @@ REPORT_LINES = (
     r"target compilation: NONE \(no CUDA graphs on cpu\)",
     r"draft compilation: eager",
     r"draft CUDA graphs: none: cpu has no CUDA graphs",
-    r"scheduling: plain vLLM synchronous, self_skip synchronous \(the CPU platform turns async scheduling off\)",
+    # As a user starts it on this CPU, the shipped profile's schedule drafts at no batch size.
+    r"scheduling: plain vLLM synchronous, self_skip synchronous \(no speculative decoding: the schedule drafts "
+    r"at no batch size\); the CPU platform turns async scheduling off",
     r"host reads in the draft loop: none over [1-9]\d* propose calls",
     r"drafting held on, 2 prompts in one batch: greedy outputs identical to plain vLLM: 2/2 \(float32: exact\); "
     r"accepted [1-9]\d*/\d+ draft tokens",

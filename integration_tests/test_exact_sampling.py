@@ -34,6 +34,7 @@ from vllm import SamplingParams
 
 from integration_tests.exact_sampling import ContinuationDistribution, decision_rates, judge
 from integration_tests.helpers import QUICK_CONTROLLER, draft_lengths, switch_draft
+from vllm_selfspec.tools.bench.target_delay import TARGET_DELAY_EXTENSION
 from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, make_llm, release
 from vllm_selfspec.tools.tiny_models import TINY_VOCAB_SIZE, write_tiny_vocab_model
 
@@ -69,7 +70,7 @@ CONFIGS = {
 SMALL_SAMPLE_PATHS = ("one-at-a-time", "chunked-prefill")
 """Paths whose samples are few (each request costs a step, or a whole prompt's compute): checks of
 gross faults, their power printed; the short prompt's one-at-a-time samples join the pooled test."""
-ASYNC_CONFIG = "probabilistic-fixed-k-async-scheduling"
+ASYNC_CONFIG = "probabilistic-controller-async-scheduling"
 TESTS = len(CONFIGS) + 2  # and the async configuration, and the pooled test
 ALPHA = 0.001 / TESTS
 POWER_DELTA, POOLED_POWER_DELTA, MIN_POWER = 0.05, 0.02, 0.9
@@ -174,7 +175,7 @@ def _run(llm, name: str, distributions, settings: dict | None, path: str) -> Non
     # Both branches of rejection sampling ran: drafts accepted, and drafts rejected.
     assert spec.drafts > 0 and 0 < spec.accepted_tokens < spec.draft_tokens, (name, spec)
     if path == "controller-paid":
-        [steps] = draft_lengths(llm)
+        steps = draft_lengths(llm)
         assert len({k for _, k in steps}) >= 2, steps  # the controller changed K
         assert spec.draft_tokens > SAMPLES, spec  # and, drafting paying, drafted often
     dist = distributions(prompt, len(samples[0]))
@@ -194,12 +195,13 @@ def test_sampling_is_exact(engines, tiny_vocab_model, distributions, name):
 
 
 def test_sampling_is_exact_under_async_scheduling(tiny_vocab_model, distributions, async_scheduling_kept_on_cpu):
-    """Fixed-length probabilistic drafts under vLLM's async scheduling (the TEST-ONLY CPU shim keeps it on)."""
+    """Probabilistic drafts under vLLM's async scheduling (the TEST-ONLY CPU shim keeps it on), the
+    controller booking each step's K (and as many placeholders) in the scheduler, K changing."""
     distributions(SHORT_PROMPT, LENGTH)  # scored before the engine starts
-    llm = make_llm(tiny_vocab_model, _spec("probabilistic"), **ENGINE)
+    llm = make_llm(tiny_vocab_model, _spec("probabilistic"), **ENGINE, worker_extension_cls=TARGET_DELAY_EXTENSION)
     try:
         assert llm.llm_engine.vllm_config.scheduler_config.async_scheduling is True
-        _run(llm, ASYNC_CONFIG, distributions, None, "batch")
+        _run(llm, ASYNC_CONFIG, distributions, dict(controller=QUICK_CONTROLLER), "controller-paid")
     finally:
         release(llm)
 

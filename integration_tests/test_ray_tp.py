@@ -1,5 +1,7 @@
-"""Tensor parallelism on Ray: lossless, the plugin in every worker, ranks agreeing on the skip set
-and, with the draft-length controller on, on K at every step.
+"""Tensor parallelism on Ray: lossless, the plugin in every worker, ranks agreeing on the skip set,
+on the number of draft forwards at every step whatever their timing (the controller booking K in
+the engine core, adaptive exit deciding inside steps), and on a draft-graph capture that failed on
+one rank.
 
 vLLM refuses Ray on the CPU platform, so these tests switch on the TEST-ONLY shim
 (``vllm_selfspec.glue.ray_cpu_test_shim``) through its environment variable and start a
@@ -14,9 +16,12 @@ import os
 import pytest
 from vllm import SamplingParams
 
-from integration_tests.helpers import QUICK_CONTROLLER, removing_leaked_cpu_shm
-from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
+from integration_tests.helpers import QUICK_CONTROLLER, draft_lengths, removing_leaked_cpu_shm
+from vllm_selfspec.core.draft_settings import DraftSettings
+from vllm_selfspec.glue.engine_calls import configure_draft
 from vllm_selfspec.glue.patches import RAY_ON_CPU_TEST_SHIM_ENV_VAR
+from vllm_selfspec.glue.tuning_worker import DRAFT_SWITCHING_EXTENSION
+from vllm_selfspec.tools.engine_runs import SpecDecodeCounts, chat_prompts, make_llm, release
 from vllm_selfspec.tools.prompts import load_prompt_set
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
@@ -105,21 +110,63 @@ def _reload_draft_with_rank_1_diverging(worker) -> str:
         drafter.skip_set = agreed
 
 
-def _switch_on_quick_controller(worker) -> None:
-    """The controller deciding every step; rank 1's clock skewed so that drafting looks 3x
-    faster per drafted token there: left to itself, rank 1 would choose other K than rank 0."""
+def _time_each_rank_differently(worker) -> None:
+    """TEST-ONLY: each rank's ``propose`` sleeps a random 0-20 ms after every call, from a
+    generator seeded by its rank, so the ranks' clocks and their timing differ at every step;
+    then watch each call's booked and drafted length (and host reads)."""
+    import random
+    import time
+
     from vllm.distributed import get_tensor_model_parallel_rank
 
     drafter = worker.model_runner.drafter
-    drafter.reconfigure(drafter.settings.replace(draft_length_controller=QUICK_CONTROLLER))
-    if get_tensor_model_parallel_rank() == 1:
-        observe = drafter.controller.observe
-        drafter.controller.observe = lambda batch_size, k, tokens, seconds: observe(
-            batch_size, k, tokens, seconds / (1 + 2 * k))
+    rng = random.Random(get_tensor_model_parallel_rank())
+    propose = drafter.propose
+
+    def propose_then_sleep(*args, **kwargs):
+        drafts = propose(*args, **kwargs)
+        time.sleep(rng.uniform(0.0, 0.02))
+        return drafts
+
+    drafter.propose = propose_then_sleep
+    worker.selfspec_watch_host_reads()
 
 
-def _draft_lengths(worker) -> list:
-    return list(worker.model_runner.drafter.draft_length_history)
+def _stop_timing_differently(worker) -> dict:
+    report = worker.selfspec_host_reads()
+    del worker.model_runner.drafter.propose
+    return report
+
+
+def _capture_failing_on_rank_1(worker) -> dict:
+    """TEST-ONLY: one capture of the draft's graph in which a stand-in capture succeeds on rank 0
+    and raises on rank 1 (the CPU has no CUDA graphs); report what each rank did next."""
+    from unittest import mock
+
+    from vllm.distributed import get_tensor_model_parallel_rank
+    from vllm.v1.spec_decode.draft_model import DraftModelProposer
+
+    drafter = worker.model_runner.drafter
+    rank = get_tensor_model_parallel_rank()
+    eager_runs = []
+
+    def stand_in_capture(num_tokens, use_cudagraphs, slot_mappings):
+        if rank == 1:
+            raise RuntimeError("TEST-ONLY capture failure on rank 1")
+
+    base_dummy_run = DraftModelProposer.dummy_run
+
+    def recording_dummy_run(self, num_tokens, use_cudagraphs=True, is_graph_capturing=False, slot_mappings=None):
+        eager_runs.append([num_tokens, use_cudagraphs])
+        return base_dummy_run(self, num_tokens, use_cudagraphs, is_graph_capturing, slot_mappings)
+
+    with mock.patch.object(drafter, "_capture", stand_in_capture), \
+            mock.patch.object(DraftModelProposer, "dummy_run", recording_dummy_run):
+        drafter.dummy_run(4, use_cudagraphs=True, is_graph_capturing=True)
+    report = {"rank": rank, "reason": drafter._no_draft_cuda_graphs_reason, "eager_runs": eager_runs,
+              "mode": drafter.cudagraph_dispatcher.cudagraph_mode.name}
+    drafter._no_draft_cuda_graphs_reason = ""
+    return report
 
 
 def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_model_factory):
@@ -132,7 +179,7 @@ def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_m
     finally:
         release(plain)
 
-    llm = make_llm(model, SELF_SKIP, **TP_ENGINE)
+    llm = make_llm(model, SELF_SKIP, **TP_ENGINE, worker_extension_cls=DRAFT_SWITCHING_EXTENSION)
     try:
         assert _generate(llm, prompts) == expected
         drafted = SpecDecodeCounts.read(llm)
@@ -160,15 +207,34 @@ def test_ray_tp2_self_skip_is_lossless_and_every_rank_agrees(ray_cluster, tiny_m
         after_reload = SpecDecodeCounts.read(llm).minus(drafted)
         assert after_reload.drafts > 0 and after_reload.accepted_tokens > 0, after_reload
 
-        # The draft-length controller deciding every step: each rank measures its own step
-        # times, rank 0 decides and broadcasts, and both ranks draft the same K at every step.
-        llm.collective_rpc(_switch_on_quick_controller)
+        # The draft-length controller deciding every step, in the engine core, and adaptive exit
+        # stopping drafts inside steps, while each rank's timing differs at random: both ranks
+        # run the same number of draft forwards at every step, the K the scheduler booked.
+        configure_draft(llm, DraftSettings(skip_attn=(1,), skip_mlp=(2,), num_speculative_tokens=3, adaptive_exit=True,
+                                           draft_exit_target_acceptance=0.5, draft_length_controller=QUICK_CONTROLLER))
+        llm.collective_rpc(_time_each_rank_differently)
         before = SpecDecodeCounts.read(llm)
-        assert _generate(llm, prompts) == expected
+        try:
+            assert _generate(llm, prompts) == expected
+        finally:
+            rank_0, rank_1 = llm.collective_rpc(_stop_timing_differently)
         with_controller = SpecDecodeCounts.read(llm).minus(before)
         assert with_controller.drafts > 0 and with_controller.accepted_tokens > 0, with_controller
-        rank_0, rank_1 = llm.collective_rpc(_draft_lengths)
-        assert rank_0 == rank_1 and len(rank_0) >= 20, (rank_0, rank_1)
-        assert len({k for _, k in rank_0}) >= 2, rank_0  # K did change
+        lengths = rank_0["draft_lengths"]
+        assert lengths == rank_1["draft_lengths"] and len(lengths) >= 20, (lengths, rank_1["draft_lengths"])
+        booked = [k for _, k in draft_lengths(llm)]
+        assert [k for k, _ in lengths] == booked, (lengths, booked)
+        assert len(set(booked)) >= 2, booked  # K did change
+        assert any(drafted < k for k, drafted in lengths), lengths  # adaptive exit did stop drafts
+        assert rank_0["reads"] == rank_1["reads"] == [], (rank_0["reads"], rank_1["reads"])
+
+        # A draft-graph capture that fails on rank 1 only: both ranks turn the draft's graphs
+        # off and run the eager dummy step together (its all-reduces paired).
+        reports = sorted(llm.collective_rpc(_capture_failing_on_rank_1), key=lambda r: r["rank"])
+        for report in reports:
+            assert "rank 1: RuntimeError: TEST-ONLY capture failure on rank 1" in report["reason"], report
+            assert "rank 0:" not in report["reason"], report
+            assert report["eager_runs"] == [[4, False]] and report["mode"] == "NONE", report
+        assert _generate(llm, prompts) == expected
     finally:
         release(llm)

@@ -217,7 +217,7 @@ def test_sampled_tokens_follow_the_target_distribution(engines, default_model, p
     # by a sample from the residual distribution.
     assert spec.drafts > 0 and 0 < spec.accepted_tokens < spec.draft_tokens, spec
     if head.endswith("controller"):
-        [steps] = draft_lengths(llm)
+        steps = draft_lengths(llm)
         assert len({k for _, k in steps}) >= 2, steps  # the controller changed K
     logprobs, ranks = score(plain, prompt_ids, samples)
     probs = request_distribution(logprobs, TEMPERATURE, TOP_P)
@@ -292,14 +292,19 @@ def test_draft_probabilities_follow_the_request(engines, default_model, prompts)
 @pytest.mark.parametrize("controller", [False, True], ids=["fixed-k", "controller"])
 @pytest.mark.parametrize("adaptive_exit", [False, True], ids=["fixed-length", "adaptive-exit"])
 @pytest.mark.parametrize("cheap_head", [False, True], ids=["full-head", "cheap-head"])
-def test_draft_loop_never_reads_the_device(engines, default_model, prompts, cheap_head, adaptive_exit, controller):
-    """No device-to-host sync in ``propose``, for greedy and probabilistic drafts, with and
-    without the cheap head, adaptive exit (a low target acceptance, so drafts do exit) and
-    the draft-length controller.
+def test_draft_loop_drafts_as_booked_without_unplanned_reads(engines, default_model, prompts, cheap_head, adaptive_exit,
+                                                            controller):
+    """No device-to-host sync in ``propose`` but adaptive exit's own, and every call drafts what
+    the scheduler booked, for greedy and probabilistic drafts, with and without the cheap head,
+    adaptive exit (a low target acceptance, so drafts do exit) and the draft-length controller.
 
     The worker extension's recorder (``glue/host_reads.py``) notes each host read of a
     tensor by the plugin's code: on the CPU every tensor is host memory, so it notes what
-    the same code does on a GPU.
+    the same code does on a GPU. Adaptive exit reads the device at its rank-agreed points
+    only (``_read_on_every_rank``: at most one per draft step and one per verification);
+    without it there is no read at all. The watch also records each call's booked and
+    drafted length: the booked ones are the scheduler's, step for step, and a call drafts
+    all it was booked unless adaptive exit stopped it.
     """
     llm = engines.get(default_model, _self_skip_spec("probabilistic"), **SELF_SKIP_ENGINE)
     vocab = llm.collective_rpc(_draft_vocab_at_start)[0] if cheap_head else []
@@ -314,10 +319,20 @@ def test_draft_loop_never_reads_the_device(engines, default_model, prompts, chea
     finally:
         report = llm.collective_rpc("selfspec_host_reads")[0]
     spec = SpecDecodeCounts.read(llm).minus(before)
-    assert report["calls"] > 0 and spec.drafts > 0, (report, spec)
+    assert report["calls"] > 0 and spec.drafts > 0, (report["calls"], spec)
     assert report["reads"] == [], report["reads"][:10]
-    if adaptive_exit and not controller:
-        assert spec.draft_tokens < K * spec.drafts, spec  # some drafts did exit early
+    lengths = report["draft_lengths"]
+    if adaptive_exit:
+        assert 0 < len(report["agreed_reads"]) <= sum(k for k, _ in lengths) + len(lengths), report["agreed_reads"][:5]
+        assert all(drafted <= k for k, drafted in lengths), lengths
+        if not controller:
+            assert spec.draft_tokens < K * spec.drafts, spec  # some drafts did exit early
+    else:
+        assert report["agreed_reads"] == [], report["agreed_reads"][:5]
+        assert all(drafted == k for k, drafted in lengths), lengths
     if controller:
-        [steps] = draft_lengths(llm)
+        steps = draft_lengths(llm)
         assert len({k for _, k in steps}) >= 2, steps
+        assert [k for k, _ in lengths] == [k for _, k in steps], (lengths[:30], steps[:30])
+    else:
+        assert {k for k, _ in lengths} == {K}, lengths

@@ -1,4 +1,4 @@
-"""The draft-length controller on simulated engines: warm-up, choice, hysteresis, exploration, agreement."""
+"""The draft-length controller on simulated engines: warm-up, choice, hysteresis, exploration."""
 
 import bisect
 import itertools
@@ -159,7 +159,7 @@ def test_drafting_stops_once_it_pays_by_less_than_the_hysteresis(gain, keeps_dra
 
 @pytest.mark.parametrize("seed", range(4))
 def test_a_near_tie_on_a_noisy_machine_settles_on_no_drafting(seed):
-    """This CPU's near-tie (docs/controller-cpu/mild-no-delay-6-rounds): K = 2 as the engine
+    """This CPU's near-tie (docs/controller-cpu/mild-no-delay-6-rounds, in git history): K = 2 as the engine
     measures it 2% faster than K = 0, each step's time ±15%, the machine 25% slower in
     spells. With a 3% margin to start drafting, short measurements let K = 2 win now and
     then, and it then drafts for hundreds of steps (6-35% of steps at K = 0 here); the
@@ -216,21 +216,6 @@ def test_a_larger_batch_that_pays_after_all_climbs_by_exploration():
     run(controller, never_pays, 200, batch_size=1)
     run(controller, pays_at(2), 3000, batch_size=32, start=200)
     assert controller.buckets[batch_bucket(32)].incumbent == 2
-
-
-def test_ranks_that_adopt_rank_zeros_plan_draft_alike():
-    """Tensor parallelism: rank 1 measures other times, but adopts rank 0's plan at every decision."""
-    rank0, rank1 = DraftLengthController(4), DraftLengthController(4)
-    rng = random.Random(1)
-    for step in range(1500):
-        if step % DECISION_STEPS == 0:
-            rank0.replan()
-            rank1.replan()
-            rank1.adopt(rank0.plan())
-        k0, k1 = rank0.draft_length(1), rank1.draft_length(1)
-        assert k0 == k1, f"step {step}"
-        for controller in (rank0, rank1):
-            controller.observe(1, k0, 1 + k0, (1 + k0) / (pays_at(2)(k0, step) * rng.uniform(0.5, 1.5)))
 
 
 @pytest.mark.parametrize("settings, field", [

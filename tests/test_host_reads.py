@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vllm_selfspec.glue import host_reads
 from vllm_selfspec.glue.host_reads import (
     HOST_READS,
+    HostReadRecorder,
     PACKAGE_DIR,
     _in_package,
     _waits_for_values,
@@ -50,8 +52,11 @@ def test_only_the_package_s_own_files_count(tmp_path):
 class Drafter:
     """Stands in for the proposer: the host-read watch and the TEST-ONLY delay both wrap its ``propose``."""
 
-    def propose(self) -> torch.Tensor:
-        return torch.zeros(2, 3)
+    def propose(self, num_speculative_tokens: int = 3) -> torch.Tensor:
+        return torch.zeros(2, num_speculative_tokens)
+
+    def _read_on_every_rank(self, values: torch.Tensor) -> list[int]:
+        return values.tolist()
 
 
 def test_a_watch_keeps_the_delay_and_gives_it_back(monkeypatch):
@@ -60,7 +65,7 @@ def test_a_watch_keeps_the_delay_and_gives_it_back(monkeypatch):
     drafter = Drafter()
     target_delay._sleep_after_each_call(drafter, "propose", 0.01, per=lambda drafts: drafts.shape[1])
     watch_propose(drafter)
-    drafter.propose()
+    drafter.propose(3)
     report = unwatch_propose(drafter)
     drafter.propose()
     assert report["calls"] == 1 and report["reads"] == []
@@ -77,3 +82,18 @@ def test_a_watch_without_a_delay_leaves_the_class_method():
     assert "propose" in drafter.__dict__
     unwatch_propose(drafter)
     assert "propose" not in drafter.__dict__
+
+
+def test_a_watch_records_each_call_s_lengths_and_sets_the_agreed_read_point_apart(monkeypatch):
+    monkeypatch.setattr(host_reads, "_in_package", lambda filename: True)  # this file stands in for the package's
+    drafter = Drafter()
+    watch_propose(drafter)
+    drafter.propose(3)
+    drafter.propose(num_speculative_tokens=0)
+    with HostReadRecorder() as recorder:
+        drafter._read_on_every_rank(torch.ones(2))
+        torch.ones(2).tolist()
+    report = unwatch_propose(drafter)
+    assert report["draft_lengths"] == [[3, 3], [0, 0]]
+    assert [read.split(" at ")[0] for read in recorder.agreed_reads] == ["tolist"]
+    assert [read.split(" at ")[0] for read in recorder.reads] == ["tolist"]

@@ -1,4 +1,5 @@
-"""``VllmPatch``: replaces what it names, keeps the originals, refuses a target that lacks an attribute."""
+"""``VllmPatch``: replaces what it names, keeps the originals, refuses a target that lacks an attribute
+or already has one it adds."""
 
 import logging
 import types
@@ -67,3 +68,15 @@ def test_patches_a_module_attribute():
     assert (module.version("x"), module.version("y")) == ("patched", "real y")
     with pytest.raises(PatchTargetMissing, match="'fake_module' has no absent"):
         make_patch(module, ("absent",), absent=1).apply()
+
+
+def test_adds_an_attribute_the_target_lacks_and_refuses_one_it_has():
+    target = type("Grown", (Target,), {})
+    patch = type("PatchAdding", (VllmPatch,), {"target": target, "adds": ("new_method",),
+                                               "new_method": lambda self: "added"})
+    patch.apply()
+    assert target().new_method() == "added"
+    clash = type("PatchClashing", (VllmPatch,), {"target": target, "adds": ("method",), "method": lambda self: "x"})
+    with pytest.raises(PatchTargetMissing, match="'Grown' already has method"):
+        clash.apply()
+    assert not clash.is_applied() and target().method() == "original"

@@ -142,11 +142,3 @@ def test_graph_digest_names_what_shapes_the_draft_graph():
               base.replace(skip_attn=(1, 2), skip_mlp=(3,)), base.replace(draft_vocab=(5, 7))]
     assert len({digest, *(other.graph_digest() for other in others)}) == len(others) + 1
 
-
-def test_only_adaptive_exit_or_the_controller_choose_the_length_while_drafting():
-    """What decides whether a self_skip engine may run under async scheduling."""
-    fixed = DraftSettings(skip_attn=(1,), skip_mlp=(), num_speculative_tokens=4,
-                          num_speculative_tokens_per_batch_size=((1, 1, 4), (2, 8, 0)))
-    assert not fixed.chooses_length_while_drafting()  # a schedule is vLLM's scheduler's choice
-    assert fixed.replace(adaptive_exit=True).chooses_length_while_drafting()
-    assert fixed.replace(draft_length_controller=ControllerSettings()).chooses_length_while_drafting()

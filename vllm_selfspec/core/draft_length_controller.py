@@ -4,11 +4,13 @@ The never-slower guard for engines without a tuned schedule. A small bandit per
 batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_max:
 
 - **What it measures:** output tokens per second of wall time. Each engine step is one
-  sample for the K that drafted it: the step's time (from one draft to the next,
-  verification included) and its tokens (one per request plus the accepted drafts).
+  sample for the K it booked: the wall time since the previous step completed (its
+  verification and drafting, and the engine's own work between steps) and its tokens
+  (one per request plus the accepted drafts).
   An arm's speed is the ratio of its exponentially decayed token and time sums, so it
   follows a workload that changes. The first step after a change of K is not counted:
-  it may carry one-time costs of a new verification shape (a compile, kernel selection).
+  it verifies the drafts of the previous K, and may carry one-time costs of a new
+  verification shape (a compile, kernel selection).
 - **Warm-up climbs:** K = 0, 1, 2, ... each run ``warmup_steps`` steps, until a K is
   slower than the one before by more than the hysteresis margin, or K_max is reached
   (speed rises with K while drafts pay for themselves, then falls; where drafting does
@@ -58,9 +60,9 @@ bucket where drafting does not pay and none in the buckets above it, at most
 ``(K_max + 1) × warmup_steps`` per bucket, and a trial of ``4 × decision_steps`` steps
 when a K > 0 measured fastest.
 
-Decisions are made every ``decision_steps`` engine steps (:meth:`DraftLengthController.replan`)
-and held as a plan, one K per bucket, so that under tensor parallelism one rank can decide
-and broadcast the plan (:meth:`DraftLengthController.adopt`) and every rank drafts alike.
+Decisions are made every ``decision_steps`` engine steps (:meth:`DraftLengthController.replan`),
+in the engine-core process (:mod:`vllm_selfspec.core.draft_booking`), so every
+tensor-parallel rank drafts the K that vLLM's scheduler booked.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ import msgspec
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
 
 DECISION_STEPS = 8
-"""Engine steps between decisions (and, under tensor parallelism, plan broadcasts), by default."""
+"""Engine steps between decisions, by default."""
 EXPLORATION_BUDGET = 0.01
 """The most speed exploration may cost, by default: slower arms are explored less often."""
 HYSTERESIS = 0.03
@@ -247,16 +249,6 @@ class DraftLengthController:
         """K for a step of ``batch_size`` requests, as the current plan says."""
         return self.buckets[batch_bucket(batch_size)].current
 
-    def plan(self) -> tuple[int, ...]:
-        """The K of every bucket."""
-        return tuple(bucket.current for bucket in self.buckets)
-
-    def adopt(self, plan: tuple[int, ...]) -> None:
-        """Run another rank's plan (tensor parallelism: every rank drafts as rank 0 decided)."""
-        for bucket, k in zip(self.buckets, plan):
-            if bucket.current != k:
-                bucket.current, bucket.steps_on_current = k, 0
-
     def observe(self, batch_size: int, k: int, tokens: int, seconds: float) -> None:
         """One engine step of ``batch_size`` requests drafted with ``k``: ``tokens`` out in ``seconds``."""
         if seconds <= 0 or not 0 <= k <= self.k_max:
@@ -274,15 +266,14 @@ class DraftLengthController:
             if bucket.trial is not None and bucket.trial.running == k:
                 bucket.trial.add(tokens, seconds)
 
-    def replan(self) -> tuple[int, ...]:
-        """Decide each bucket's K for the next ``decision_steps`` steps; return the plan."""
+    def replan(self) -> None:
+        """Decide each bucket's K for the next ``decision_steps`` steps."""
         no_drafting_below = False
         for bucket in self.buckets:
             if bucket.incumbent is None and bucket.current == 0 and no_drafting_below:
                 bucket.incumbent, bucket.steps_since_exploration = 0, 0  # see "No drafting carries upward"
             self._decide(bucket)
             no_drafting_below = no_drafting_below or (bucket.incumbent == 0 and bucket.trial is None)
-        return self.plan()
 
     def _decide(self, bucket: BucketState) -> None:
         warmup = self.settings.warmup_steps

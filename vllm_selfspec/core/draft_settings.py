@@ -77,11 +77,6 @@ class DraftSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         schedule = self.num_speculative_tokens_per_batch_size
         return schedule is not None and all(k == 0 for _, _, k in schedule)
 
-    def chooses_length_while_drafting(self) -> bool:
-        """Whether the draft step itself decides how many tokens to draft (adaptive exit or the
-        controller), rather than drafting the K it is asked for."""
-        return self.adaptive_exit or self.draft_length_controller is not None
-
     def graph_digest(self) -> str:
         """A short digest of what shapes the draft's compiled graph: the skip set and the draft head."""
         text = f"{sorted(self.skip_attn)}|{sorted(self.skip_mlp)}|{list(self.draft_vocab)}"

@@ -22,7 +22,9 @@ DEFAULT_NUM_SPECULATIVE_TOKENS = 4
 
 DEFAULT_ADAPTIVE_EXIT = True
 """Adaptive exit without a profile: on, because `vllm-selfspec evaluate` measured it faster
-(1.46x at batch 1 with the tuned skip set, K=6, on held-out prompts; docs/evaluate-cpu-eager)."""
+(1.46x at batch 1 with the tuned skip set, K=6, on held-out prompts; docs/evaluate-cpu-eager),
+where the engine schedules synchronously; under async scheduling, which it cannot follow, it
+is turned off (``PatchVllmConfigScheduling``)."""
 
 
 def reject_unknown_options(given: dict, known_fields: set[str]) -> None:
@@ -52,7 +54,7 @@ def resolve_self_skip(
     empty when the other is given. Without either, ``skip_profile`` is used, then the
     profile shipped for this model, then :func:`heuristic_skip_set`. Every other
     option given explicitly wins over the profile's value; without a profile the
-    draft head is full and adaptive exit is on.
+    draft head is full and adaptive exit is on (``DEFAULT_ADAPTIVE_EXIT``).
 
     The draft length: a schedule (the user's, else the profile's) or a K the user gave is
     followed as given; otherwise the draft-length controller chooses K up to

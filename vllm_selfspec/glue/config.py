@@ -28,12 +28,10 @@ SELF_SKIP_ALIASES = ("self_skip", "self-skip")
 """Spellings accepted wherever a speculative method or ``--speculative-model`` is given."""
 
 NO_ASYNC_SCHEDULING_REASON = (
-    "under async scheduling vLLM 0.32's scheduler books a fixed number of placeholder drafts per "
-    "request a step ahead, while self_skip's adaptive exit and draft-length controller choose the "
-    "number of drafts inside the draft step; with both off, self_skip follows vLLM's rules for its "
-    "draft_model method"
+    "under async scheduling vLLM's scheduler books each step's drafts a step ahead, and the "
+    "workers must draft exactly that many, while adaptive exit stops drafting inside the step"
 )
-"""Why a self_skip engine whose draft length is chosen while drafting runs without async scheduling."""
+"""Why a self_skip engine with adaptive exit runs without async scheduling."""
 
 
 @config(config=ConfigDict(arbitrary_types_allowed=True))
@@ -53,6 +51,9 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
     """The resolved draft settings; filled in at construction."""
     skip_source: str = ""
     """Where the skip set came from; filled in at construction, for logs."""
+    adaptive_exit_chosen: bool = False
+    """Whether adaptive exit was set by the user or a profile; filled in at construction. Otherwise
+    it is on by default only where the engine schedules synchronously (``PatchVllmConfigScheduling``)."""
 
     def __post_init__(self) -> None:
         if self.method != SELF_SKIP_METHOD:
@@ -103,6 +104,9 @@ class SelfSkipSpeculativeConfig(SpeculativeConfig):
                 "tensor_parallel_size=1 (the LM head is split across ranks); set draft_vocab_size=0"
             )
         self.draft = draft
+        self.adaptive_exit_chosen = (self.self_skip_options is not None and (
+            self.self_skip_options.adaptive_exit is not None or self.self_skip_options.skip_profile is not None)
+        ) or self.skip_source.startswith("shipped profile")
         self.num_speculative_tokens = draft.num_speculative_tokens
         schedule = draft.num_speculative_tokens_per_batch_size
         self.num_speculative_tokens_per_batch_size = None if schedule is None else list(schedule)

@@ -2,8 +2,9 @@
 
 On a GPU each such read (``tolist``, ``item``, ``bool(tensor)``, a blocking copy to the
 host...) waits for the device: a sync inside the draft loop. On the CPU every tensor is
-host memory, so the recorder notes what the same code would do on a GPU. Used by
-``vllm-selfspec doctor`` and the tests, through the worker extension.
+host memory, so the recorder notes what the same code would do on a GPU. The watch also
+records each call's booked and drafted length (a worker drafts what the scheduler booked).
+Used by ``vllm-selfspec doctor`` and the tests, through the worker extension.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ HOST_READS = frozenset({"tolist", "item", "numpy", "cpu", "__bool__", "__int__",
                         "__format__", "nonzero", "masked_select", "unique", "unique_consecutive"})
 """Tensor methods that bring a tensor's values to the host, or whose output shape depends on them."""
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+AGREED_READ_POINT = "_read_on_every_rank"
+"""The proposer's one designed host read (adaptive exit's decisions, rank 0's values on every rank):
+counted apart from the reads that would stall a GPU unplanned."""
 
 
 def _waits_for_values(name: str, args, kwargs) -> bool:
@@ -55,6 +59,8 @@ class HostReadRecorder(TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.reads: list[str] = []
+        self.agreed_reads: list[str] = []
+        """Reads made at ``AGREED_READ_POINT``."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -63,14 +69,16 @@ class HostReadRecorder(TorchFunctionMode):
         if _in_package(caller.f_code.co_filename) and (
             name in HOST_READS or _waits_for_values(name, args, kwargs)
         ):
-            self.reads.append(f"{name} at {Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
+            reads = self.agreed_reads if caller.f_code.co_name == AGREED_READ_POINT else self.reads
+            reads.append(f"{name} at {Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
         return func(*args, **kwargs)
 
 
 def watch_propose(drafter) -> None:
-    """Record host reads inside each of ``drafter``'s ``propose`` calls, until :func:`unwatch_propose`."""
+    """Record host reads inside each of ``drafter``'s ``propose`` calls, and each call's booked and
+    drafted length, until :func:`unwatch_propose`."""
     recorder = HostReadRecorder()
-    report = {"calls": 0, "reads": recorder.reads}
+    report = {"calls": 0, "reads": recorder.reads, "agreed_reads": recorder.agreed_reads, "draft_lengths": []}
     # An instance's own wrapper (the TEST-ONLY delay) stays in the call, and comes back after.
     unwatched = drafter.__dict__.get("propose")
     propose = drafter.propose
@@ -78,7 +86,10 @@ def watch_propose(drafter) -> None:
     def watched(*args, **kwargs):
         report["calls"] += 1
         with recorder:
-            return propose(*args, **kwargs)
+            drafts = propose(*args, **kwargs)
+        booked = kwargs["num_speculative_tokens"] if "num_speculative_tokens" in kwargs else args[0]
+        report["draft_lengths"].append([booked, drafts.shape[1]])
+        return drafts
 
     drafter.propose = watched
     drafter.selfspec_host_reads = report
@@ -86,7 +97,9 @@ def watch_propose(drafter) -> None:
 
 
 def unwatch_propose(drafter) -> dict:
-    """Stop watching; return ``{"calls": propose calls, "reads": ["tolist at proposer.py:123", ...]}``."""
+    """Stop watching; return ``{"calls": propose calls, "reads": ["tolist at proposer.py:123", ...],
+    "agreed_reads": [...], "draft_lengths": [[booked, drafted], ...]}`` (``agreed_reads``: those at
+    ``AGREED_READ_POINT``; one ``draft_lengths`` pair per call)."""
     unwatched = drafter.__dict__.pop("selfspec_unwatched_propose")
     if unwatched is None:
         del drafter.propose  # back to the class's method

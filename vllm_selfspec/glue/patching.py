@@ -21,18 +21,21 @@ class PatchTargetMissing(RuntimeError):
 
 
 class VllmPatch:
-    """Replaces named attributes of ``target`` (a class or module) with this subclass's, keeping the originals.
+    """Replaces named attributes of ``target`` (a class or module) with this subclass's, keeping the
+    originals, and adds new ones.
 
-    Subclasses set ``target`` and ``replaces`` (the attribute names), and document why
+    Subclasses set ``target``, ``replaces`` and ``adds`` (attribute names), and document why
     the patch exists, how it works and when it can be removed; each is listed in
     :mod:`vllm_selfspec.glue.patches`. ``apply`` is idempotent, because vLLM loads
     general plugins once per process and sometimes more than once, and it refuses a
     target that lacks a replaced attribute (inherited ones count), so a renamed vLLM
-    method fails loudly instead of gaining a dead twin.
+    method fails loudly instead of gaining a dead twin, and one that already has an added
+    attribute, so a vLLM that grew the same name is not silently overridden.
     """
 
     target: ClassVar[Any]
-    replaces: ClassVar[tuple[str, ...]]
+    replaces: ClassVar[tuple[str, ...]] = ()
+    adds: ClassVar[tuple[str, ...]] = ()
     _originals: ClassVar[dict[str, Any]]
 
     @classmethod
@@ -47,10 +50,18 @@ class VllmPatch:
                 f"{', '.join(missing)}; this vLLM differs from the one vllm-selfspec was written for "
                 "(vllm_selfspec.compat.SUPPORTED_VLLM_SERIES)"
             )
+        present = [name for name in cls.adds if hasattr(cls.target, name)]
+        if present:
+            raise PatchTargetMissing(
+                f"{cls.__name__}: {getattr(cls.target, '__name__', cls.target)!r} already has "
+                f"{', '.join(present)}; this vLLM differs from the one vllm-selfspec was written for "
+                "(vllm_selfspec.compat.SUPPORTED_VLLM_SERIES)"
+            )
         originals = {name: _current(cls.target, name) for name in cls.replaces}
-        for name in cls.replaces:
+        for name in (*cls.replaces, *cls.adds):
             setattr(cls.target, name, cls.__dict__[name])
-            logger.debug("vllm-selfspec patch %s: replaced %s.%s", cls.__name__,
+            logger.debug("vllm-selfspec patch %s: %s %s.%s", cls.__name__,
+                         "replaced" if name in cls.replaces else "added",
                          getattr(cls.target, "__name__", cls.target), name)
         cls._originals = originals
 

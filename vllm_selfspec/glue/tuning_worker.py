@@ -3,7 +3,9 @@
 For ``vllm-selfspec tune``, ``evaluate`` and ``doctor``, and the tests. Loaded through
 vLLM's own ``worker_extension_cls`` engine argument; its methods are called on every
 worker with ``LLM.collective_rpc`` (all tensor-parallel ranks switch together, so their
-collectives stay in step).
+collectives stay in step). A switch goes through
+:func:`vllm_selfspec.glue.engine_calls.configure_draft`, which switches the scheduler's
+draft booking too; the draft-length record comes from the engine core.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ class DraftSwitchingWorkerExtension:
     """Worker methods that switch the self_skip draft without restarting the engine, and report on it."""
 
     def selfspec_configure_draft(self, settings: dict) -> str:
-        """Install new draft settings (a ``DraftSettings`` as plain data); return the draft plan."""
+        """Install new draft settings (a ``DraftSettings`` as plain data) in this worker; return the draft plan."""
         drafter = self.model_runner.drafter
         drafter.reconfigure(DraftSettings.from_builtins(settings))
         return drafter.draft_plan()
@@ -29,15 +31,6 @@ class DraftSwitchingWorkerExtension:
         """Stop recording; ``{"calls": ..., "reads": [...]}`` since ``selfspec_watch_host_reads``."""
         return unwatch_propose(self.model_runner.drafter)
 
-    def selfspec_draft_lengths(self) -> dict:
-        """The draft-length controller's record: ``{"steps": [[batch size, K], ...], "incumbents":
-        {bucket: K}, "summary": str}`` (empty, and summary ``"off"``, without the controller)."""
-        drafter = self.model_runner.drafter
-        if drafter.controller is None:
-            return {"steps": [], "incumbents": {}, "summary": "off"}
-        return {"steps": [list(step) for step in drafter.draft_length_history],
-                "incumbents": drafter.controller.incumbents(), "summary": drafter.controller.summary()}
-
     def selfspec_runtime(self) -> dict:
         """How this worker runs the target and the draft: runner, attention backend, compilation, graphs."""
         return self.model_runner.drafter.runtime_report()
@@ -48,4 +41,4 @@ DRAFT_SWITCHING_EXTENSION = f"{__name__}.{DraftSwitchingWorkerExtension.__qualna
 
 DRAFT_SWITCHING_ENGINE = {"worker_extension_cls": DRAFT_SWITCHING_EXTENSION, "async_scheduling": False}
 """Engine arguments for an engine whose draft ``tune`` or ``evaluate`` switches: the extension,
-and no async scheduling, under which a draft may not switch to adaptive exit or another K."""
+and no async scheduling, under which a draft may not switch to adaptive exit."""

@@ -1,14 +1,15 @@
 """``vllm-selfspec doctor [MODEL]``: is this install healthy, and is self_skip fast here?
 
 Starts plain vLLM and a self_skip engine with drafting on at every batch size (the health
-checks: how the target and the draft run, whether the draft loop read any tensor to the
-host, greedy outputs against plain vLLM), then replaces that engine by ``{"method":
+checks: how the target and the draft run, how drafts are scheduled, whether the draft loop
+read any tensor to the host outside adaptive exit's rank-agreed points, greedy outputs
+against plain vLLM), then replaces that engine by ``{"method":
 "self_skip"}`` exactly as a user starts it and times it against plain vLLM at batch 1 in
 alternating rounds; then a one-line verdict. Greedy outputs must be identical in float32;
 in another dtype, where batched greedy output changes with the batch shape even in plain
 vLLM, an output may also differ after a near-tie of plain vLLM's (top two logprobs within
 ``NEAR_TIE_LOGPROB_GAP``). A speed verdict is given only outside the rounds' spread.
-Exit code 0 when healthy: outputs as above, no host reads in the draft loop, drafts made.
+Exit code 0 when healthy: outputs as above, no unplanned host reads in the draft loop, drafts made.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _platform_line() -> str:
 
 
 def _scheduling_line(llms: dict) -> str:
-    """Whether each engine runs with vLLM's async scheduling, and why self_skip does not where plain vLLM does."""
+    """Whether each engine runs with vLLM's async scheduling (and why self_skip does not where plain vLLM
+    does), which scheduler books self_skip's drafts, and whether adaptive exit is on."""
     from vllm.platforms import current_platform
 
     from vllm_selfspec.glue.config import NO_ASYNC_SCHEDULING_REASON
@@ -55,13 +57,19 @@ def _scheduling_line(llms: dict) -> str:
     def mode(llm) -> str:
         return "async" if llm.llm_engine.vllm_config.scheduler_config.async_scheduling else "synchronous"
 
+    config = llms["self_skip"].llm_engine.vllm_config
     line = f"scheduling: plain vLLM {mode(llms['plain'])}, self_skip {mode(llms['self_skip'])}"
+    exit_rule = "off"
+    if config.speculative_config is None:
+        line += " (no speculative decoding: the schedule drafts at no batch size)"
+    else:
+        booked_by = str(config.scheduler_config.scheduler_cls).rsplit(".", 1)[-1]
+        exit_rule = "on" if config.speculative_config.draft.adaptive_exit else "off"
+        line += f" (draft lengths booked by {booked_by}, adaptive exit {exit_rule})"
     if current_platform.is_cpu():
-        return f"{line} (the CPU platform turns async scheduling off)"
-    spec = llms["self_skip"].llm_engine.vllm_config.speculative_config
-    chooses_length = spec is not None and spec.draft.chooses_length_while_drafting()
-    if mode(llms["self_skip"]) != mode(llms["plain"]) and chooses_length:
-        return f"{line} ({NO_ASYNC_SCHEDULING_REASON})"
+        return f"{line}; the CPU platform turns async scheduling off"
+    if mode(llms["self_skip"]) != mode(llms["plain"]) and exit_rule == "on":
+        return f"{line}; {NO_ASYNC_SCHEDULING_REASON}"
     return line
 
 
@@ -143,8 +151,10 @@ def run_doctor(args: argparse.Namespace) -> int:
     print(f"draft compilation: {runtime['draft_compilation']}")
     print(f"draft CUDA graphs: {runtime['draft_cuda_graphs']}")
     print(scheduling)
+    agreed = host_reads["agreed_reads"]
     print(f"host reads in the draft loop: {'none' if not reads else len(reads)} over {host_reads['calls']} "
-          f"propose calls{'' if not reads else ': ' + ', '.join(sorted(set(reads))[:5])}")
+          f"propose calls{'' if not reads else ': ' + ', '.join(sorted(set(reads))[:5])}"
+          f"{f'; adaptive exit read the device {len(agreed)} times at its rank-agreed points' if agreed else ''}")
     print(f"drafting held on, {args.num_prompts} prompts in one batch: {identity['line']}; accepted "
           f"{counts.accepted_tokens}/{counts.draft_tokens} draft tokens ({counts.acceptance_rate:.1%}), "
           f"{counts.mean_acceptance_length:.2f} tokens per step")
@@ -154,7 +164,7 @@ def run_doctor(args: argparse.Namespace) -> int:
           f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x)")
     problems = [text for bad, text in (
         (not identity["ok"], "outputs differ from plain vLLM"),
-        (bool(reads), "the draft loop reads tensors to the host"),
+        (bool(reads), "the draft loop reads tensors to the host outside adaptive exit's agreed points"),
         (counts.drafts == 0, "self_skip made no drafts"),
     ) if bad]
     if problems:

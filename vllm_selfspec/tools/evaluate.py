@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vllm_selfspec.core.profile import SkipProfile, find_shipped_profile, load_profile
 from vllm_selfspec.core.skip_set import SelfSkipConfigError, SkipSet, heuristic_skip_set
+from vllm_selfspec.glue.engine_calls import configure_draft
 
 BATCH_SIZES = (1, 8, 32)
 TUNED = "profile, schedule held at its K"
@@ -197,7 +198,7 @@ def run_evaluate(args: argparse.Namespace, log=print) -> int:
     variant_rows: dict[str, list[Row]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, draft in variants.items():
-            llm.collective_rpc("selfspec_configure_draft", args=(draft.to_builtins(),))
+            configure_draft(llm, draft)
             row, outputs = _measure(llm, name, prompts, 1, params)
             row.identical_to_plain = outputs == plain_outputs[1]
             variant_rows[name].append(row)

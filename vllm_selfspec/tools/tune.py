@@ -34,6 +34,7 @@ from vllm_selfspec.core.schedule import best_draft_length, schedule_from_measure
 from vllm_selfspec.core.search import DraftCandidate, SearchSpace
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
 from vllm_selfspec.tools.options import OptionError, parse_integers
+from vllm_selfspec.glue.engine_calls import configure_draft
 from vllm_selfspec.tools.prompts import CALIBRATION_PROMPTS, PromptSetError, load_prompt_file
 
 SCHEDULE_MIN_GAIN = 1.02
@@ -190,7 +191,7 @@ class DraftTuner:
         """Install ``candidate`` in every worker (``None``: draft nothing, K capped at 0)."""
         settings = (DraftSettings(skip_attn=(), skip_mlp=(), num_speculative_tokens=0) if candidate is None
                     else self.draft_settings(candidate, max_draft_tokens))
-        self.llm.collective_rpc("selfspec_configure_draft", args=(settings.to_builtins(),))
+        configure_draft(self.llm, settings)
 
     def measure_without_drafts(self) -> float:
         """Tokens/s with drafting off (K = 0); also ranks tokens by frequency for the draft head.

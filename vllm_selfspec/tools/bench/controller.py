@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+from vllm_selfspec.glue.engine_calls import configure_draft, draft_lengths_record
 from vllm_selfspec.tools.options import OptionError, parse_integers
 
 MAX_WARMUP_PASSES = 8
@@ -119,14 +120,14 @@ def run_bench_controller(args: argparse.Namespace) -> int:
         for batch_size in batch_sizes:
             for count in range(1, MAX_WARMUP_PASSES + 1):
                 run(self_skip, calibration, batch_size)
-                incumbents = self_skip.collective_rpc("selfspec_draft_lengths")[0]["incumbents"]
+                incumbents = draft_lengths_record(self_skip)["incumbents"]
                 if incumbents.get(describe_bucket(batch_bucket(batch_size))) is not None:
                     break
             passes.append(count)
         return passes
 
     def switch(settings) -> None:
-        self_skip.collective_rpc("selfspec_configure_draft", args=(settings.to_builtins(),))
+        configure_draft(self_skip, settings)
 
     try:
         for llm in (plain, self_skip):
@@ -136,9 +137,9 @@ def run_bench_controller(args: argparse.Namespace) -> int:
         def measure_controller() -> None:
             switch(controlled)  # a fresh controller
             warmup_passes.append(warm_up())
-            warmed = len(self_skip.collective_rpc("selfspec_draft_lengths")[0]["steps"])
+            warmed = len(draft_lengths_record(self_skip)["steps"])
             measure(self_skip, "controller")
-            record = self_skip.collective_rpc("selfspec_draft_lengths")[0]
+            record = draft_lengths_record(self_skip)
             histories.append([warmed, record["steps"]])
             summaries.append(record["summary"])
 
