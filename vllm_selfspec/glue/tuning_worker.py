@@ -24,11 +24,12 @@ class DraftSwitchingWorkerExtension:
         return drafter.draft_plan()
 
     def selfspec_watch_host_reads(self) -> None:
-        """Start recording host reads of tensors by the plugin inside ``propose``."""
+        """Start recording host reads of tensors by the plugin inside ``propose``, and each call's lengths."""
         watch_propose(self.model_runner.drafter)
 
     def selfspec_host_reads(self) -> dict:
-        """Stop recording; ``{"calls": ..., "reads": [...]}`` since ``selfspec_watch_host_reads``."""
+        """Stop recording; what ``unwatch_propose`` reports (calls, host reads, adaptive exit's agreed
+        reads, each call's booked and drafted length) since ``selfspec_watch_host_reads``."""
         return unwatch_propose(self.model_runner.drafter)
 
     def selfspec_runtime(self) -> dict:
