@@ -3,7 +3,6 @@ import json
 import msgspec
 import pytest
 
-from vllm_selfspec.core.draft_length_controller import ControllerSettings
 from vllm_selfspec.core.draft_settings import DraftSettings, SelfSkipOptions
 from vllm_selfspec.core.profile import (
     SHIPPED_PROFILES_DIR,
