@@ -145,3 +145,16 @@ def async_scheduling_kept_on_cpu(monkeypatch):
 
     async_on_cpu_test_shim.install()
     monkeypatch.setenv(ASYNC_ON_CPU_TEST_SHIM_ENV_VAR, "1")
+
+
+@pytest.fixture
+def draft_lengths_cycled(monkeypatch) -> list[int]:
+    """The TEST-ONLY shim that books draft lengths 3, 0, 2, 1, 3, ... one per step, for this test
+    only: installed here, acting in the engines started now (they inherit its variable)."""
+    from vllm_selfspec.glue import draft_cycle_test_shim
+    from vllm_selfspec.glue.patching import DRAFT_CYCLE_TEST_SHIM_ENV_VAR
+
+    cycle = [3, 0, 2, 1]
+    monkeypatch.setenv(DRAFT_CYCLE_TEST_SHIM_ENV_VAR, ",".join(map(str, cycle)))
+    draft_cycle_test_shim.install()
+    return cycle

@@ -36,30 +36,32 @@ def test_test_only_shims_stay_out_unless_asked():
     import sys
 
     shims = {patches.RAY_ON_CPU_TEST_SHIM_ENV_VAR: "vllm_selfspec.glue.ray_cpu_test_shim",
-             patches.ASYNC_ON_CPU_TEST_SHIM_ENV_VAR: "vllm_selfspec.glue.async_on_cpu_test_shim"}
+             patches.ASYNC_ON_CPU_TEST_SHIM_ENV_VAR: "vllm_selfspec.glue.async_on_cpu_test_shim",
+             patches.DRAFT_CYCLE_TEST_SHIM_ENV_VAR: "vllm_selfspec.glue.draft_cycle_test_shim"}
     env = {k: v for k, v in os.environ.items() if k not in shims}
     probe = ("import sys, vllm_selfspec; vllm_selfspec.register(); "
              f"print([name in sys.modules for name in {list(shims.values())!r}])")
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
-    assert result.stdout.strip().splitlines()[-1] == "[False, False]", result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[False, False, False]", result.stderr[-2000:]
     asked = subprocess.run([sys.executable, "-c", probe], env={**env, **dict.fromkeys(shims, "1")},
                            capture_output=True, text=True, timeout=300)
-    assert asked.stdout.strip().splitlines()[-1] == "[True, True]", asked.stderr[-2000:]
+    assert asked.stdout.strip().splitlines()[-1] == "[True, True, True]", asked.stderr[-2000:]
 
 
 def test_test_only_shims_never_activate_off_cpu(monkeypatch):
-    from vllm_selfspec.glue import async_on_cpu_test_shim, ray_cpu_test_shim
+    from vllm_selfspec.glue import async_on_cpu_test_shim, draft_cycle_test_shim, ray_cpu_test_shim
 
     applied = []
     shims = {ray_cpu_test_shim: (ray_cpu_test_shim.PatchCpuPlatformRayDeviceKey,
                                  ray_cpu_test_shim.PatchRayWorkerActorClass),
-             async_on_cpu_test_shim: (async_on_cpu_test_shim.PatchCpuPlatformKeepsAsyncScheduling,)}
+             async_on_cpu_test_shim: (async_on_cpu_test_shim.PatchCpuPlatformKeepsAsyncScheduling,),
+             draft_cycle_test_shim: (draft_cycle_test_shim.PatchDraftBookingCycles,)}
     for shim, shim_patches in shims.items():
         for patch in shim_patches:
             monkeypatch.setattr(patch, "is_applied", classmethod(lambda cls: False))
             monkeypatch.setattr(patch, "apply", classmethod(lambda cls: applied.append(cls.__name__)))
         shim.install()
-    assert len(applied) == 3  # on the CPU each installs its patches
+    assert len(applied) == 4  # on the CPU each installs its patches
     applied.clear()
     for shim in shims:
         monkeypatch.setattr(shim.current_platform, "is_cpu", lambda: False)

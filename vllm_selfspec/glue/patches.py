@@ -14,7 +14,9 @@ and when it can go. Where each applies:
   ``PatchCpuPlatformRayDeviceKey`` and ``PatchRayWorkerActorClass``, which live in
   :mod:`vllm_selfspec.glue.ray_cpu_test_shim` so that nothing else imports them;
 - TEST-ONLY, with ``VLLM_SELFSPEC_TEST_ONLY_ASYNC_ON_CPU=1`` on the CPU platform:
-  ``PatchCpuPlatformKeepsAsyncScheduling``, in :mod:`vllm_selfspec.glue.async_on_cpu_test_shim`.
+  ``PatchCpuPlatformKeepsAsyncScheduling``, in :mod:`vllm_selfspec.glue.async_on_cpu_test_shim`;
+- TEST-ONLY, with ``VLLM_SELFSPEC_TEST_ONLY_DRAFT_CYCLE=3,0,2,1`` (say) on the CPU platform:
+  ``PatchDraftBookingCycles``, in :mod:`vllm_selfspec.glue.draft_cycle_test_shim`.
 
 One change is not a class patch: ``vllm-selfspec bench`` loads
 ``vllm_selfspec.tools.bench.worker.BenchWorkerExtension`` through vLLM's own
@@ -55,7 +57,8 @@ from vllm_selfspec.glue.config import (
     SELF_SKIP_METHOD,
     SelfSkipSpeculativeConfig,
 )
-from vllm_selfspec.glue.patching import ASYNC_ON_CPU_TEST_SHIM_ENV_VAR, RAY_ON_CPU_TEST_SHIM_ENV_VAR, VllmPatch
+from vllm_selfspec.glue.patching import (ASYNC_ON_CPU_TEST_SHIM_ENV_VAR, DRAFT_CYCLE_TEST_SHIM_ENV_VAR,
+                                         RAY_ON_CPU_TEST_SHIM_ENV_VAR, VllmPatch)
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm", so vLLM's handlers and level apply
 
@@ -433,4 +436,8 @@ def apply_all() -> None:
         from vllm_selfspec.glue import async_on_cpu_test_shim
 
         async_on_cpu_test_shim.install()
+    if os.environ.get(DRAFT_CYCLE_TEST_SHIM_ENV_VAR):
+        from vllm_selfspec.glue import draft_cycle_test_shim
+
+        draft_cycle_test_shim.install()
 

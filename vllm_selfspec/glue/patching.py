@@ -14,6 +14,9 @@ RAY_ON_CPU_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU"
 ASYNC_ON_CPU_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_ASYNC_ON_CPU"
 """``1`` installs the test-only shim in :mod:`vllm_selfspec.glue.async_on_cpu_test_shim` (CPU only),
 and keeps it acting while set."""
+DRAFT_CYCLE_TEST_SHIM_ENV_VAR = "VLLM_SELFSPEC_TEST_ONLY_DRAFT_CYCLE"
+"""Draft lengths (``3,0,2,1``) install the test-only shim in :mod:`vllm_selfspec.glue.draft_cycle_test_shim`
+(CPU only): each engine step books the next."""
 
 
 class PatchTargetMissing(RuntimeError):
