@@ -82,6 +82,11 @@ MUTANTS = {
         "        if self.scheduler_config.async_scheduling and settings.adaptive_exit:\n",
         "        if False and self.scheduler_config.async_scheduling and settings.adaptive_exit:\n",
     ),
+    "draft-free-steps-rejection-sampled": (
+        "vllm_selfspec/glue/patches.py",
+        "            spec_decode_metadata = None\n",
+        "            pass\n",
+    ),
     "adaptive-exit-update-inverted": (
         "vllm_selfspec/core/adaptive_exit.py",
         "        elif self.acceptance_rate < self.target_acceptance:\n",
@@ -91,6 +96,11 @@ MUTANTS = {
         CONTROLLER,
         "START_DRAFTING_MARGIN = 0.10\n",
         "START_DRAFTING_MARGIN = 0.0\n",
+    ),
+    "controller-no-clear-loss": (
+        CONTROLLER,
+        "CLEAR_LOSS = 0.75\n",
+        "CLEAR_LOSS = 0.0\n",
     ),
     "controller-one-half": (
         CONTROLLER,
@@ -131,8 +141,11 @@ CATCHING_TESTS = {
     "async-switch-not-refused": [
         "integration_tests/test_lossless.py::test_float32_greedy_identical_under_async_scheduling",
     ],
+    "draft-free-steps-rejection-sampled": ["integration_tests/test_exact_sampling.py::"
+                                           "test_sampling_is_exact_under_async_scheduling"],
     "adaptive-exit-update-inverted": ["tests/test_draft_mechanisms.py"],
     "controller-no-start-margin": ["tests/test_draft_length_controller.py"],
+    "controller-no-clear-loss": ["tests/test_draft_length_controller.py"],
     "controller-one-half": ["tests/test_draft_length_controller.py"],
     "tp-plans-not-compared": ["tests/test_ranks.py"],
 }

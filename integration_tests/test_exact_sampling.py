@@ -184,6 +184,27 @@ def test_sampling_is_exact(engines, tiny_vocab_model, distributions, name):
     _run(llm, name, distributions, settings, path)
 
 
+def _count_samplers(worker) -> dict:
+    """Count this worker's steps with and without drafts, and its rejection-sampler calls
+    (read back by calling again)."""
+    runner = worker.model_runner
+    if not hasattr(runner, "_test_sampler_counts"):
+        counts = runner._test_sampler_counts = {"steps_with_drafts": 0, "draft_free_steps": 0, "rejection_sampler": 0}
+        sample, rejection_sampler = runner._sample, runner.rejection_sampler.forward
+
+        def counting_sample(logits, spec_decode_metadata):
+            drafts = spec_decode_metadata is not None and spec_decode_metadata.max_spec_len > 0
+            counts["steps_with_drafts" if drafts else "draft_free_steps"] += 1
+            return sample(logits, spec_decode_metadata)
+
+        def counting_rejection_sampler(*args, **kwargs):
+            counts["rejection_sampler"] += 1
+            return rejection_sampler(*args, **kwargs)
+
+        runner._sample, runner.rejection_sampler.forward = counting_sample, counting_rejection_sampler
+    return dict(runner._test_sampler_counts)
+
+
 def test_sampling_is_exact_under_async_scheduling(tiny_vocab_model, distributions, async_scheduling_kept_on_cpu,
                                                    draft_lengths_cycled):
     """Probabilistic drafts under vLLM's async scheduling (the TEST-ONLY CPU shim keeps it on), the
@@ -194,7 +215,12 @@ def test_sampling_is_exact_under_async_scheduling(tiny_vocab_model, distribution
     llm = make_llm(tiny_vocab_model, _spec("probabilistic"), **ENGINE)
     try:
         assert llm.llm_engine.vllm_config.scheduler_config.async_scheduling is True
+        llm.collective_rpc(_count_samplers)
         _run(llm, ASYNC_CONFIG, distributions, None, "k-cycled")
+        # Steps without a draft (after a K = 0 booking, and prefills) were sampled by vLLM's
+        # plain sampler (PatchRunnerSamplesDraftFreeStepsPlainly), and judged above with the rest.
+        counts = llm.collective_rpc(_count_samplers)[0]
+        assert counts["draft_free_steps"] > 0 and counts["rejection_sampler"] == counts["steps_with_drafts"] > 0, counts
     finally:
         release(llm)
 

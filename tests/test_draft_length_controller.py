@@ -7,6 +7,8 @@ import random
 import pytest
 
 from vllm_selfspec.core.draft_length_controller import (
+    CLEAR_LOSS,
+    CLEAR_LOSS_STEPS,
     DECISION_STEPS,
     EXPLORATION_BUDGET,
     HYSTERESIS,
@@ -76,6 +78,24 @@ def test_warm_up_stops_at_k_1_where_drafting_does_not_pay():
     chosen = run(controller, never_pays, 3 * 8)
     assert chosen == [0] * 8 + [1] * 8 + [0] * 8
     assert controller.buckets[0].incumbent == 0
+
+
+@pytest.mark.parametrize("cost, steps_at_k_1", [(0.5, 1 + CLEAR_LOSS_STEPS), (1 - CLEAR_LOSS - 0.05, 16)])
+def test_a_clearly_losing_warm_up_k_stops_at_once(cost, steps_at_k_1):
+    """K = 1 at half K = 0's speed stops after its uncounted step and CLEAR_LOSS_STEPS counted
+    ones, between decisions; 20% slower (not a clear loss) it runs its whole warm-up."""
+    controller = DraftLengthController(4, ControllerSettings(warmup_steps=16))
+    chosen = run(controller, never_pays_by(cost), 64)
+    assert chosen == [0] * 16 + [1] * steps_at_k_1 + [0] * (48 - steps_at_k_1)
+
+
+@pytest.mark.parametrize("cost, exploration_steps", [(0.5, 1 + CLEAR_LOSS_STEPS), (1 - CLEAR_LOSS - 0.05, DECISION_STEPS)])
+def test_a_clearly_losing_exploration_stops_at_once(cost, exploration_steps):
+    controller = DraftLengthController(2, ControllerSettings(explore_every=16, exploration_budget=1.0))
+    chosen = run(controller, never_pays_by(cost), 2000)
+    assert controller.buckets[0].incumbent == 0
+    runs = [len(list(group)) for k, group in itertools.groupby(chosen[200:]) if k != 0]
+    assert len(runs) > 10 and set(runs[1:-1]) == {exploration_steps}, runs
 
 
 @pytest.mark.parametrize("best", [1, 2, 4])

@@ -46,6 +46,11 @@ batch-size bucket (1, 2-3, 4-7, 8-15, ...) over the arms K = 0 (no drafts) to K_
   afresh, so one exploration corrects an estimate that a slow spell spoiled. K = 0 comes
   back in every rotation, so the controller notices when drafting stops paying; the
   neighbours let it climb further.
+- **A clear loss ends early:** a warm-up K, or an explored one, measured under
+  ``CLEAR_LOSS`` (0.75) of the speed it is compared with (the K below it, the
+  incumbent) over ``CLEAR_LOSS_STEPS`` (3) counted steps stops at once, without waiting
+  for the decision: where a draft step costs twice a plain one, each step of a doomed
+  warm-up or exploration costs half a step, and a loss that large is no noise.
 - **Exploration cost, bounded:** an arm last measured at a ratio r of the incumbent's
   speed is explored after ``decision_steps × (1 − r) / EXPLORATION_BUDGET`` steps of the
   bucket, and never sooner than ``explore_every`` (128): so exploration costs at most
@@ -86,6 +91,10 @@ SPEED_MEMORY = 0.9
 """Decay of an arm's token and time sums per new step measured for it."""
 NUM_BUCKETS = 16
 """Batch-size buckets 1, 2-3, 4-7, ..., 32768-65535."""
+CLEAR_LOSS = 0.75
+"""A warm-up or explored K measured under this fraction of its reference's speed stops at once..."""
+CLEAR_LOSS_STEPS = 3
+"""...once it has this many counted steps."""
 
 
 class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -265,6 +274,24 @@ class DraftLengthController:
             bucket.arms[k].add(tokens, seconds)
             if bucket.trial is not None and bucket.trial.running == k:
                 bucket.trial.add(tokens, seconds)
+            if self._clearly_losing(bucket):
+                self._decide(bucket)
+
+    def _clearly_losing(self, bucket: BucketState) -> bool:
+        """Whether the K a bucket warms up or explores runs under ``CLEAR_LOSS`` of its
+        reference (the K below it, the incumbent) over ``CLEAR_LOSS_STEPS`` counted steps."""
+        k = bucket.current
+        if bucket.trial is not None or bucket.steps_on_current - 1 < CLEAR_LOSS_STEPS:
+            return False
+        if bucket.incumbent is None:
+            if k == 0 or bucket.steps_on_current >= self.settings.warmup_steps:
+                return False
+            reference = k - 1
+        elif k != bucket.incumbent and bucket.steps_on_current < self.settings.decision_steps:
+            reference = bucket.incumbent
+        else:
+            return False
+        return bucket.arms[k].tokens_per_s < CLEAR_LOSS * bucket.arms[reference].tokens_per_s
 
     def replan(self) -> None:
         """Decide each bucket's K for the next ``decision_steps`` steps."""
@@ -279,7 +306,7 @@ class DraftLengthController:
         warmup = self.settings.warmup_steps
         if bucket.incumbent is None:
             k = bucket.current
-            if bucket.steps_on_current < warmup:
+            if bucket.steps_on_current < warmup and not self._clearly_losing(bucket):
                 return
             slower = k > 0 and bucket.arms[k].tokens_per_s * (1 + HYSTERESIS) < bucket.arms[k - 1].tokens_per_s
             if k < self.k_max and not slower:
@@ -290,7 +317,8 @@ class DraftLengthController:
         elif bucket.trial is not None:
             if not self._advance_trial(bucket):
                 return
-        elif bucket.current != bucket.incumbent and bucket.steps_on_current < self.settings.decision_steps:
+        elif (bucket.current != bucket.incumbent and bucket.steps_on_current < self.settings.decision_steps
+              and not self._clearly_losing(bucket)):
             return  # an exploration still running
         incumbent = bucket.incumbent
         best = max((k for k in range(len(bucket.arms)) if k != incumbent),
