@@ -83,7 +83,7 @@ MUTANTS = {
         "        if False and self.scheduler_config.async_scheduling and settings.adaptive_exit:\n",
     ),
     "draft-free-steps-rejection-sampled": (
-        "vllm_selfspec/glue/patches.py",
+        "vllm_selfspec/glue/draft_free_sampling.py",
         "            spec_decode_metadata = None\n",
         "            pass\n",
     ),

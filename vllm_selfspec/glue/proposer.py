@@ -28,6 +28,7 @@ from vllm_selfspec.core.ranks import check_ranks_agree
 from vllm_selfspec.core.skip_set import SelfSkipConfigError
 from vllm_selfspec.glue.draft_compilation import compilation_description
 from vllm_selfspec.glue.draft_cuda_graphs import DraftCudaGraphs
+from vllm_selfspec.glue.draft_free_sampling import PatchRunnerSamplesDraftFreeStepsPlainly
 from vllm_selfspec.glue.draft_switching import DraftSwitching
 from vllm_selfspec.glue.identity import mixed_attention_error
 
@@ -87,6 +88,7 @@ class SelfSkipProposer(DraftSwitching, DraftCudaGraphs, DraftModelProposer):
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, runner=None):
         super().__init__(vllm_config=vllm_config, device=device, runner=runner)
+        PatchRunnerSamplesDraftFreeStepsPlainly.apply()
         self.settings: DraftSettings = self.speculative_config.draft
         self.skip_set = self.speculative_config.skip_set()
         self.exit_rule = self._exit_rule_for(self.settings)
