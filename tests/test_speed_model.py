@@ -69,3 +69,24 @@ def test_speculative_decode_steps_are_discrete_and_wait_for_the_slowest():
     assert speculative_decode_steps(16, [4.0, 2.0, 4.0], batched=True) == 8  # the batch waits for E=2
     with pytest.raises(ValueError, match="acceptance length"):
         speculative_decode_steps(16, [], batched=True)
+
+
+def test_the_readme_shows_the_projection_table_this_module_prints():
+    from pathlib import Path
+
+    from vllm_selfspec.core.speed_model import projection_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert projection_table() in readme, "README.md: paste `python -m vllm_selfspec.core.speed_model` again"
+
+
+def test_the_heuristic_skip_set_leaves_a_large_model_almost_nothing_to_gain():
+    from vllm_selfspec.core.skip_set import heuristic_skip_set
+    from vllm_selfspec.core.speed_model import LLAMA_3_SHAPES, kept_weight_share
+
+    for name, num_layers, attn, mlp, head in LLAMA_3_SHAPES:
+        kept = kept_weight_share(num_layers, attn, mlp, head, len(heuristic_skip_set(num_layers).attn), 0)
+        assert 0.95 < kept < 0.96, name
+        # Even a draft accepted every time gains under 5% at K = 4: a profile from `tune` is how to gain.
+        perfect = SpeedModelInputs(per_position_rates=(1.0,) * 4, draft_cost=kept, verify_cost=1.0, overhead=0.0)
+        assert 1.0 < perfect.predicted_speedup() < 1.05, name

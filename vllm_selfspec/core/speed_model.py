@@ -147,9 +147,15 @@ class PublishedSelfSpeculation:
     @property
     def kept_compute_share(self) -> float:
         """Share of a full forward's weights (≈ time in memory-bound decoding) the draft still reads."""
-        total = self.num_layers * (self.attn_params + self.mlp_params) + self.head_params
-        skipped = self.skipped_attn * self.attn_params + self.skipped_mlp * self.mlp_params
-        return 1.0 - skipped / total
+        return kept_weight_share(self.num_layers, self.attn_params, self.mlp_params, self.head_params,
+                                 self.skipped_attn, self.skipped_mlp)
+
+
+def kept_weight_share(num_layers: int, attn_params: float, mlp_params: float, head_params: float,
+                      skipped_attn: int, skipped_mlp: int) -> float:
+    """Share of a forward's weights a draft still reads (the embedding lookup reads one row, so it is left out)."""
+    total = num_layers * (attn_params + mlp_params) + head_params
+    return 1.0 - (skipped_attn * attn_params + skipped_mlp * mlp_params) / total
 
 
 DRAFT_AND_VERIFY_RESULTS = (
@@ -177,3 +183,44 @@ def project(published: PublishedSelfSpeculation, num_speculative_tokens: int,
         verify_cost=verify_cost,
         overhead=overhead,
     )
+
+
+LLAMA_3_SHAPES = (
+    # name, layers, one attention sublayer (32 query / 8 KV heads of 128), one MLP, the LM head (vocab 128256)
+    ("Llama-3-8B", 32, 2 * 4096**2 + 2 * 4096 * 1024, 3 * 4096 * 14336, 4096 * 128256),
+    ("Llama-3-70B", 80, 2 * 8192**2 + 2 * 8192 * 1024, 3 * 8192 * 28672, 8192 * 128256),
+)
+"""Shapes for what the heuristic skip set (no profile) leaves a draft to read."""
+
+
+def projection_table() -> str:
+    """The README's table of projected GPU speedups (``python -m vllm_selfspec.core.speed_model``).
+
+    Rows: Draft & Verify's published operating points, and the heuristic skip set that a
+    model without a profile gets, with a perfect draft (acceptance 1: a ceiling).
+    Verification costs one decode step, a draft step the share of weights it reads, and
+    there is no engine overhead.
+    """
+    from vllm_selfspec.core.skip_set import heuristic_skip_set
+
+    rows = ["| model | skip set | weights the draft reads | acceptance | K | projected speedup | reported |",
+            "|---|---|---|---|---|---|---|"]
+    for published in DRAFT_AND_VERIFY_RESULTS:
+        for k in (4, 8):
+            speedup = project(published, k).predicted_speedup()
+            rows.append(f"| {published.model} | Draft & Verify's, {published.skipped_attn} attention + "
+                        f"{published.skipped_mlp} MLP of {2 * published.num_layers} sublayers | "
+                        f"{published.kept_compute_share:.0%} | {published.acceptance} | {k} | {speedup:.2f}× | "
+                        f"{published.reported_speedup}× |")
+    for name, num_layers, attn, mlp, head in LLAMA_3_SHAPES:
+        skipped = len(heuristic_skip_set(num_layers).attn)
+        kept = kept_weight_share(num_layers, attn, mlp, head, skipped, 0)
+        for k in (1, 4):
+            inputs = SpeedModelInputs(per_position_rates=(1.0,) * k, draft_cost=kept, verify_cost=1.0, overhead=0.0)
+            rows.append(f"| {name} | heuristic (no profile), {skipped} attention of {2 * num_layers} sublayers | "
+                        f"{kept:.1%} | 1 (a perfect draft) | {k} | {inputs.predicted_speedup():.2f}× | — |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(projection_table())
