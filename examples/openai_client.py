@@ -1,7 +1,7 @@
 """Query a self_skip server with the openai package.
 
 Start the server first, e.g.:
-    vllm serve MODEL --speculative-model self-skip --num-speculative-tokens 4
+    vllm serve MODEL --speculative-config '{"method": "self_skip"}'
 (with the CPU wheel: vllm-selfspec serve MODEL ...), then:
     python examples/openai_client.py [BASE_URL]
 """
