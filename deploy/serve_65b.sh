@@ -4,8 +4,9 @@
 # Usage: deploy/serve_65b.sh MODEL_PATH [TP] [PROFILE]
 #   MODEL_PATH  weights in Hugging Face layout, on the same path on every node
 #   TP          tensor-parallel size: 4 (4x80 GB) or 8 (default; 8x40 GB or more KV room)
-#   PROFILE     skip profile from `vllm-selfspec tune` for this model (recommended);
-#               without it the plugin falls back to its conservative heuristic skip set
+#   PROFILE     skip profile for this model (`vllm-selfspec tune` writes them, at TP 1 only);
+#               without it the plugin falls back to its conservative heuristic skip set,
+#               which gains almost nothing on a large model (README: "What you get without a profile")
 # Env: PORT (8000), NUM_SPEC_TOKENS (4), MAX_MODEL_LEN (2048).
 # Start the cluster first (deploy/start_ray_head.sh and start_ray_worker.sh).
 set -euo pipefail
